@@ -1,0 +1,187 @@
+"""MLflow tracking shared by every stage: where the store is, and one run per stage execution.
+
+The store defaults to a SQLite file at the repository root, addressed by an absolute path, so stages
+that `dvc exp run --temp` or `--queue` execute in a temporary copy still log to the main repository.
+`MLFLOW_TRACKING_URI` overrides it. SQLite allows one writer at a time, so every write retries on
+"database is locked" instead of failing when queued experiments run in parallel.
+"""
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+STORE_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
+STEP_FLUSH_EVERY = 200  # buffered step metrics per write; one SQLite transaction per step is slow
+T = TypeVar("T")
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The main repository's root, also from inside a DVC experiment's temp copy (.dvc/tmp/exps/...)."""
+    here = (start or Path.cwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return here
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / STORE_FILE}"
+
+
+def artifact_location() -> str:
+    return (repo_root() / ARTIFACTS_DIR).as_uri()
+
+
+def with_retry(action: Callable[[], T], attempts: int = 30) -> T:
+    """Run a store write, retrying with jittered backoff while another process holds the SQLite lock."""
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception as err:  # mlflow wraps sqlite's OperationalError in its own exception types
+            if "locked" not in str(err).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def client():
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri())
+
+
+def experiment_id(mlflow_client, name: str) -> str:
+    """Get or create the experiment; two processes creating it at once is not an error."""
+    existing = with_retry(lambda: mlflow_client.get_experiment_by_name(name))
+    if existing is not None:
+        return existing.experiment_id
+    try:
+        return with_retry(lambda: mlflow_client.create_experiment(name, artifact_location=artifact_location()))
+    except Exception:
+        existing = with_retry(lambda: mlflow_client.get_experiment_by_name(name))
+        if existing is None:
+            raise
+        return existing.experiment_id
+
+
+def git_state() -> dict[str, str]:
+    """The commit the code came from and whether the work tree had uncommitted changes."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+            return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git.commit": commit or "unknown",
+        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+    }
+
+
+def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Nested numeric dicts to MLflow's flat 'a.b.c' names; strings, lists and None are skipped."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, prefix=f"{name}."))
+        elif isinstance(value, bool):
+            flat[name] = float(value)
+        elif isinstance(value, (int, float)) and value == value and abs(value) != float("inf"):
+            flat[name] = float(value)
+    return flat
+
+
+@dataclass
+class StageRun:
+    """An open MLflow run for one stage execution."""
+
+    mlflow_client: Any
+    run_id: str
+    stage: str
+    pending: list = field(default_factory=list)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            chunk = items[i : i + 100]
+            with_retry(lambda: self.mlflow_client.log_batch(self.run_id, params=chunk))
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        for name, value in flatten_metrics(metrics).items():
+            self.pending.append(Metric(name, value, now, step or 0))
+        if step is None or len(self.pending) >= STEP_FLUSH_EVERY:
+            self.flush()
+
+    def log_step(self, step: int, metrics: dict[str, Any]) -> None:
+        """Step-indexed metrics (training curves); buffered and written in batches."""
+        self.log_metrics(metrics, step=step)
+
+    def flush(self) -> None:
+        while self.pending:
+            chunk, self.pending = self.pending[:1000], self.pending[1000:]
+            with_retry(lambda: self.mlflow_client.log_batch(self.run_id, metrics=chunk))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        with_retry(lambda: self.mlflow_client.log_batch(self.run_id, tags=items))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.mlflow_client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.exists():
+            self.mlflow_client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.mlflow_client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        self.mlflow_client.log_dict(self.run_id, obj, artifact_file)
+
+    def finish(self, metrics: dict[str, Any], artifacts: list[str | Path] = ()) -> dict[str, Any]:
+        """Log the final metrics and artifacts; return the metrics with this run's id added."""
+        self.log_metrics(metrics)
+        self.flush()
+        for artifact in artifacts:
+            self.log_artifact(artifact)
+        return {**metrics, "mlflow_run_id": self.run_id}
+
+
+@contextmanager
+def stage_run(stage: str, params: dict[str, Any], experiment: str) -> Iterator[StageRun]:
+    """Open one MLflow run for a stage: params, tags (stage, git commit, dirty tree) and its status."""
+    mlflow_client = client()
+    exp_id = experiment_id(mlflow_client, experiment)
+    tags = {"stage": stage, "mlflow.runName": stage, **git_state()}
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    mlflow_run = with_retry(lambda: mlflow_client.create_run(exp_id, tags=tags, run_name=stage))
+    run = StageRun(mlflow_client, mlflow_run.info.run_id, stage)
+    status = "FAILED"
+    try:
+        run.log_params(params)
+        yield run
+        run.flush()
+        status = "FINISHED"
+    finally:
+        with_retry(lambda: mlflow_client.set_terminated(run.run_id, status=status))
