@@ -15,9 +15,11 @@ TRAIN_BIN = SPLIT_DIR / "train.bin"
 VAL_BIN = SPLIT_DIR / "val.bin"
 SPLIT_META = SPLIT_DIR / "split.json"
 
+MODELS = Path("models")
+PRETRAIN_DIR = MODELS / "pretrain"  # model.safetensors + config.json (see weights.py)
+
 METRICS = Path("metrics")
 PLOTS = Path("plots")
-MODELS = Path("models")
 REPORTS = Path("reports")
 
 
