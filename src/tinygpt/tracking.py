@@ -53,7 +53,13 @@ def with_retry(action: Callable[[], T], attempts: int = 30) -> T:
 
 
 def client():
+    import logging
+
     from mlflow.tracking import MlflowClient
+
+    # Creating a new store prints alembic's migration chatter; a stage's output should stay readable.
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     return MlflowClient(tracking_uri=tracking_uri())
 

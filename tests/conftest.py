@@ -1,0 +1,73 @@
+"""Fixtures shared by the tests: the repository root, the offline corpus, a temp MLflow store and a
+loopback HTTP server."""
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_CORPUS = REPO_ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path() -> Path:
+    if not SHARED_CORPUS.exists():
+        pytest.skip(f"{SHARED_CORPUS} is absent (CI and this workplace keep the corpus in ../shared)")
+    return SHARED_CORPUS
+
+
+@pytest.fixture
+def mlflow_uri(tmp_path, monkeypatch) -> str:
+    """A fresh SQLite MLflow store for this test; stages log there instead of the repository's."""
+    uri = f"sqlite:///{tmp_path / 'mlflow-test.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    routes: dict[str, tuple[int, bytes]] = {}
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        status, body = self.routes.get(self.path, (404, b"not found"))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+
+class LoopbackServer:
+    """An HTTP server on 127.0.0.1 whose routes map a path to (status, body)."""
+
+    def __init__(self):
+        handler = type("Handler", (_Handler,), {"routes": {}})
+        self.routes = handler.routes
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def serve(self, path: str, body: bytes, status: int = 200) -> str:
+        self.routes[path] = (status, body)
+        return self.url(path)
+
+
+@pytest.fixture
+def http_server():
+    server = LoopbackServer()
+    server.thread.start()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()

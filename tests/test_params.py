@@ -1,0 +1,103 @@
+import ast
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinygpt import params, paths
+from tinygpt.params import ParamsError
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_repository_params_are_valid(repo_root):
+    sections = params.load_all(repo_root / "params.yaml")
+    assert sections["split"].val_fraction == 0.1
+    assert sections["data"].sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+
+
+def test_defaults_fill_missing_keys(tmp_path):
+    p = params.load_sections("split", "data", path=write(tmp_path, "split: {}\n"))
+    assert p.split.val_fraction == 0.1 and p.data.mirrors == []
+
+
+def test_unknown_key_names_key_and_allowed(tmp_path):
+    with pytest.raises(ParamsError, match=r"unknown key 'split\.val_frac'.*val_fraction"):
+        params.load_sections("split", path=write(tmp_path, "split:\n  val_frac: 0.2\n"))
+
+
+def test_unknown_section(tmp_path):
+    with pytest.raises(ParamsError, match="unknown section 'splitt'"):
+        params.load_all(write(tmp_path, "splitt:\n  val_fraction: 0.2\n"))
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1])
+def test_fraction_outside_open_interval(tmp_path, value):
+    with pytest.raises(ParamsError, match=r"split\.val_fraction.*strictly between 0 and 1"):
+        params.load_sections("split", path=write(tmp_path, f"split:\n  val_fraction: {value}\n"))
+
+
+def test_wrong_types(tmp_path):
+    with pytest.raises(ParamsError, match=r"split\.val_fraction must be a number, got 'big'"):
+        params.load_sections("split", path=write(tmp_path, "split:\n  val_fraction: big\n"))
+    with pytest.raises(ParamsError, match=r"data\.mirrors must be a list"):
+        params.load_sections("data", path=write(tmp_path, "data:\n  mirrors: /one/path\n"))
+    with pytest.raises(ParamsError, match=r"model\.n_layer must be an integer, got 2\.5"):
+        params.load_sections("model", path=write(tmp_path, "model:\n  n_layer: 2.5\n"))
+    with pytest.raises(ParamsError, match=r"model\.bias must be true or false"):
+        params.load_sections("model", path=write(tmp_path, "model:\n  bias: 1\n"))
+
+
+def test_impossible_values(tmp_path):
+    with pytest.raises(ParamsError, match=r"data\.timeout_s = -1.0 .* > 0"):
+        params.load_sections("data", path=write(tmp_path, "data:\n  timeout_s: -1\n"))
+    with pytest.raises(ParamsError, match=r"data\.sha256.*64 hexadecimal"):
+        params.load_sections("data", path=write(tmp_path, "data:\n  sha256: abc\n"))
+    with pytest.raises(ValueError, match=r"model\.n_embd = 100 is not divisible by model\.n_head = 3"):
+        params.load_sections("model", path=write(tmp_path, "model:\n  n_embd: 100\n  n_head: 3\n"))
+    with pytest.raises(ValueError, match=r"model\.n_layer = -2"):
+        params.load_sections("model", path=write(tmp_path, "model:\n  n_layer: -2\n"))
+
+
+def test_missing_and_malformed_file(tmp_path):
+    with pytest.raises(ParamsError, match="not found"):
+        params.read_yaml(tmp_path / "absent.yaml")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        params.read_yaml(write(tmp_path, "split: [unclosed\n"))
+
+
+def test_flatten_uses_dotted_keys():
+    flat = params.flatten({"split": params.SplitParams(val_fraction=0.2)})
+    assert flat == {"split.val_fraction": 0.2}
+
+
+def sections_read_by(stage_script: Path) -> list[str]:
+    """The section names a stage passes to params.load_sections(...)."""
+    tree = ast.parse(stage_script.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load_sections":
+            return [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+    raise AssertionError(f"{stage_script} does not call params.load_sections")
+
+
+def test_dvc_declares_exactly_the_keys_each_stage_reads(repo_root):
+    """DVC must rerun a stage when, and only when, a key it reads changes."""
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        script = repo_root / "stages" / f"{name}.py"
+        declared = sorted(stage.get("params", []))
+        expected = sorted(params.dvc_keys(*sections_read_by(script)))
+        assert declared == expected, f"dvc.yaml stage {name}: params differ from what {script.name} reads"
+
+
+def test_dvc_outputs_of_data_stages_are_the_library_paths(repo_root):
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    assert stages["download"]["outs"] == [str(paths.RAW_CORPUS)]
+    assert stages["tokenize"]["outs"] == [str(paths.TOKENS_BIN), str(paths.TOKEN_OFFSETS), str(paths.TOKENS_META)]
+    assert stages["split"]["outs"] == [str(paths.TRAIN_BIN), str(paths.VAL_BIN), str(paths.SPLIT_META)]
+    for name in ("download", "tokenize", "split"):
+        assert stages[name]["metrics"] == [str(paths.metrics_file(name))]

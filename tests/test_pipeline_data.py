@@ -1,0 +1,116 @@
+"""End to end: the download, tokenize and split stages under `dvc repro` in a copy of the project,
+fetching a small corpus from a loopback HTTP server, logging to the copy's own MLflow store."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+CORPUS = ("ROMEO:\nBut, soft! what light through yonder window breaks?\n" * 40 + "JULIET:\nAy me!\n" * 30).encode()
+
+
+def project_files(repo_root: Path) -> list[str]:
+    """Tracked files plus new files git does not ignore: what a clean clone of this work tree holds."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=repo_root, capture_output=True, text=True, check=True,
+    )
+    return [f for f in out.stdout.splitlines() if (repo_root / f).is_file()]
+
+
+def copy_project(repo_root: Path, dest: Path) -> Path:
+    for name in project_files(repo_root):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo_root / name, target)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def set_params(project: Path, **sections) -> None:
+    path = project / "params.yaml"
+    values = yaml.safe_load(path.read_text())
+    for section, keys in sections.items():
+        values.setdefault(section, {}).update(keys)
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)  # use the default: <project>/mlflow.db
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]  # stages run this python
+    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+@pytest.mark.slow
+def test_data_stages_end_to_end(repo_root, tmp_path, http_server):
+    url = http_server.serve("/input.txt", CORPUS)
+    project = copy_project(repo_root, tmp_path / "project")
+    set_params(project, data={"url": url, "sha256": hashlib.sha256(CORPUS).hexdigest(), "mirrors": []})
+
+    dvc(project, "repro", "split")
+
+    assert (project / "data/raw/input.txt").read_bytes() == CORPUS
+    meta = json.loads((project / "data/tokens/meta.json").read_text())
+    split = json.loads((project / "data/split/split.json").read_text())
+    assert meta["characters"] == len(CORPUS.decode()) and meta["bytes"] == len(CORPUS)
+    assert split["train"]["tokens"] + split["val"]["tokens"] == meta["tokens"]
+    assert split["train"]["characters"] + split["val"]["characters"] == meta["characters"]
+    assert (project / "data/split/train.bin").stat().st_size == 2 * split["train"]["tokens"]
+    assert (project / "data/split/val.bin").stat().st_size == 2 * split["val"]["tokens"]
+    assert abs(split["val"]["characters"] / meta["characters"] - 0.1) < 0.01
+
+    again = dvc(project, "repro", "split")
+    assert "Running stage" not in again.stdout
+    status = dvc(project, "status", "download", "tokenize", "split")
+    assert "up to date" in status.stdout
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tinygpt")
+    runs = {r.data.tags["stage"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["download", "split", "tokenize"]  # one run per stage, none twice
+    assert runs["download"].data.params["data.url"] == url
+    assert runs["download"].data.metrics["bytes"] == len(CORPUS)
+    assert runs["tokenize"].data.metrics["tokens"] == meta["tokens"]
+    assert runs["split"].data.params == {"split.val_fraction": "0.1"}
+    assert runs["split"].data.metrics["val.tokens"] == split["val"]["tokens"]
+    for stage, run in runs.items():
+        metrics = json.loads((project / f"metrics/{stage}.json").read_text())
+        assert metrics["mlflow_run_id"] == run.info.run_id
+        assert run.info.status == "FINISHED"
+        assert len(run.data.tags["git.commit"]) == 40
+
+    # Changing a key only the split reads reruns the split alone.
+    set_params(project, split={"val_fraction": 0.2})
+    rerun = dvc(project, "repro", "split")
+    assert "Running stage 'split'" in rerun.stdout
+    assert "Running stage 'download'" not in rerun.stdout and "Running stage 'tokenize'" not in rerun.stdout
+
+
+@pytest.mark.slow
+def test_download_stage_fails_cleanly(repo_root, tmp_path, http_server):
+    project = copy_project(repo_root, tmp_path / "project")
+    set_params(project, data={"url": http_server.url("/absent.txt"), "mirrors": []})
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'm.db'}")
+    out = subprocess.run([sys.executable, "-m", "stages.download"], cwd=project, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "error: could not fetch the corpus" in out.stderr
+    assert "HTTP 404" in out.stderr and "Traceback" not in out.stderr
+    assert not (project / "data/raw/input.txt").exists()
+    assert list((project / "data/raw").iterdir()) == []
