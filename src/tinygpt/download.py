@@ -6,7 +6,6 @@ interrupted download never leaves a partial corpus behind.
 """
 from __future__ import annotations
 
-from tinygpt.errors import TinyGptError
 import hashlib
 import socket
 import urllib.error
@@ -15,6 +14,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from tinygpt.errors import TinyGptError
 from tinygpt.io import atomic_path
 
 CHUNK = 1 << 16

@@ -6,7 +6,6 @@ after checking them against the sha256 hashes that tiktoken pins for the origina
 """
 from __future__ import annotations
 
-from tinygpt.errors import TinyGptError
 import functools
 import hashlib
 import importlib.resources
@@ -16,6 +15,8 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
+
+from tinygpt.errors import TinyGptError
 
 # The hashes tiktoken_ext.openai_public.gpt2() pins for the two files (a test checks they still agree).
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"

@@ -7,6 +7,7 @@ that `dvc exp run --temp` or `--queue` execute in a temporary copy still log to 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
@@ -60,8 +61,22 @@ def client():
     # Creating a new store prints alembic's migration chatter; a stage's output should stay readable.
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    uri = tracking_uri()
+    with store_creation_lock(uri):
+        mlflow_client = MlflowClient(tracking_uri=uri)
+        # The first query creates and migrates a new SQLite store; two processes doing that at once
+        # (parallel queued experiments on a fresh repository) would race on the schema.
+        with_retry(lambda: mlflow_client.search_experiments(max_results=1))
+    return mlflow_client
 
-    return MlflowClient(tracking_uri=tracking_uri())
+
+def store_creation_lock(uri: str):
+    """An inter-process lock beside a SQLite store; other backends handle concurrency themselves."""
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(uri[len("sqlite:///") :] + ".lock", timeout=300)
 
 
 def experiment_id(mlflow_client, name: str) -> str:
@@ -174,14 +189,22 @@ class StageRun:
 
 
 @contextmanager
-def stage_run(stage: str, params: dict[str, Any], experiment: str) -> Iterator[StageRun]:
+def stage_run(
+    stage: str,
+    params: dict[str, Any],
+    experiment: str,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> Iterator[StageRun]:
     """Open one MLflow run for a stage: params, tags (stage, git commit, dirty tree) and its status."""
     mlflow_client = client()
     exp_id = experiment_id(mlflow_client, experiment)
-    tags = {"stage": stage, "mlflow.runName": stage, **git_state()}
+    all_tags = {"stage": stage, "mlflow.runName": run_name or stage, **git_state(), **(tags or {})}
     if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    mlflow_run = with_retry(lambda: mlflow_client.create_run(exp_id, tags=tags, run_name=stage))
+        all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    mlflow_run = with_retry(
+        lambda: mlflow_client.create_run(exp_id, tags=all_tags, run_name=run_name or stage)
+    )
     run = StageRun(mlflow_client, mlflow_run.info.run_id, stage)
     status = "FAILED"
     try:

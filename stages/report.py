@@ -1,0 +1,18 @@
+"""Stage report: one MLflow pipeline run per distinct pipeline state, summary.md and an HTML dashboard.
+In: every stage's metrics/<stage>.json, plots/, reports/. Out: reports/summary.md, reports/dashboard.html,
+metrics/report.json."""
+from tinygpt import io, params, paths, report
+from tinygpt.cli import run_stage
+
+
+def main() -> None:
+    p = params.load_sections(*params.SECTIONS)  # the pipeline run records every parameter
+    state = report.PipelineState(params.flatten(p), report.read_stage_metrics())
+    result = report.publish(state, report.pipeline_experiment(p.tracking.experiment))
+    io.write_json(paths.metrics_file("report"), result)
+    verb = "logged" if result["new_run"] else "already logged as"
+    print(f"report: pipeline run {verb} {result['pipeline_run_id']}; summary in {paths.SUMMARY_MD}")
+
+
+if __name__ == "__main__":
+    run_stage(main)
