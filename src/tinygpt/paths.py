@@ -18,9 +18,19 @@ SPLIT_META = SPLIT_DIR / "split.json"
 MODELS = Path("models")
 PRETRAIN_DIR = MODELS / "pretrain"  # model.safetensors + config.json (see weights.py)
 
+# RLHF (stages preferences, reward, rlhf)
+PREFERENCES_DIR = DATA / "preferences"
+PREFERENCE_PAIRS = PREFERENCES_DIR / "pairs"  # datasets DatasetDict: train, validation
+PREFERENCE_PROMPTS = PREFERENCES_DIR / "prompts"  # datasets DatasetDict: train, validation
+REWARD_DIR = MODELS / "reward"  # trunk (weights.py format) + head.safetensors with the normalisation
+RLHF_DIR = MODELS / "rlhf"  # the PPO policy's GPT (weights.py format)
+
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
+RLHF_SAMPLES = REPORTS / "rlhf_samples.md"  # continuations before/after RLHF
+SUMMARY_MD = REPORTS / "summary.md"  # the whole pipeline on one page (report stage)
+DASHBOARD_HTML = REPORTS / "dashboard.html"  # the same, self-contained HTML with figures inlined
 
 
 def metrics_file(stage: str) -> Path:
@@ -29,3 +39,23 @@ def metrics_file(stage: str) -> Path:
 
 def plots_dir(stage: str) -> Path:
     return PLOTS / stage
+
+
+# evaluate (file names are reused by the compare stage inside its own folders)
+EVALUATE_PLOTS = plots_dir("evaluate")
+RELIABILITY_CSV = EVALUATE_PLOTS / "reliability.csv"  # val calibration bins; DVC plot confidence vs accuracy
+RELIABILITY_PNG = EVALUATE_PLOTS / "reliability.png"  # reliability diagram + confidence histogram
+EVALUATE_REPORTS = REPORTS / "evaluate"
+NEXT_TOKENS_JSON = EVALUATE_REPORTS / "next_tokens.json"  # top-k next tokens per eval.prompts
+NEXT_TOKENS_MD = EVALUATE_REPORTS / "next_tokens.md"
+SAMPLES_JSON = EVALUATE_REPORTS / "samples.json"  # one sampled continuation per prompt
+SAMPLES_MD = EVALUATE_REPORTS / "samples.md"
+
+
+# compare (our model against Hugging Face's GPT-2)
+HF_DIR = MODELS / "hf"  # our trained model as a Hugging Face directory (transformers.pipeline loads it)
+COMPARE_PLOTS = plots_dir("compare")  # reliability_overlay.png, and per model <label>/reliability.{csv,png}
+RELIABILITY_OVERLAY_PNG = COMPARE_PLOTS / "reliability_overlay.png"
+COMPARE_REPORTS = REPORTS / "compare"  # table, and per model <label>/ next tokens and samples
+COMPARE_TABLE_CSV = COMPARE_REPORTS / "table.csv"
+COMPARE_TABLE_MD = COMPARE_REPORTS / "table.md"
