@@ -26,6 +26,18 @@ def shakespeare_path() -> Path:
 
 
 @pytest.fixture
+def single_thread():
+    """One torch thread for tiny models: on shared cores, OpenMP threads waiting on each other make
+    small matmuls many times slower than one thread."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def mlflow_uri(tmp_path, monkeypatch) -> str:
     """A fresh SQLite MLflow store for this test; stages log there instead of the repository's."""
     uri = f"sqlite:///{tmp_path / 'mlflow-test.db'}"

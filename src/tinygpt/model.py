@@ -150,8 +150,10 @@ class GPT(nn.Module):
         finished = torch.zeros(idx.size(0), dtype=torch.bool, device=idx.device)
         for _ in range(max_new_tokens):
             context = idx[:, -self.config.block_size :]  # crop to the context the model was built for
-            logits, _ = self(context)
-            next_id = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p, generator)
+            # Only the last position's logits are needed: the LM head over every position costs more
+            # than the whole transformer for a 50k vocabulary at this width.
+            logits = self.lm_head(self.hidden_states(context)[:, -1, :])
+            next_id = sample_next(logits.float(), temperature, top_k, top_p, generator)
             if eot_id is not None:
                 next_id = torch.where(finished, torch.full_like(next_id, eot_id), next_id)
                 finished |= next_id == eot_id

@@ -28,7 +28,6 @@ RLHF_DIR = MODELS / "rlhf"  # the PPO policy's GPT (weights.py format)
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")
-RLHF_SAMPLES = REPORTS / "rlhf_samples.md"  # continuations before/after RLHF
 SUMMARY_MD = REPORTS / "summary.md"  # the whole pipeline on one page (report stage)
 DASHBOARD_HTML = REPORTS / "dashboard.html"  # the same, self-contained HTML with figures inlined
 
@@ -39,6 +38,18 @@ def metrics_file(stage: str) -> Path:
 
 def plots_dir(stage: str) -> Path:
     return PLOTS / stage
+
+
+# pretrain
+PRETRAIN_CACHE = Path(".cache") / "pretrain"  # checkpoints per configuration; outside DVC's outs (see checkpoint.py)
+PRETRAIN_PLOTS = plots_dir("pretrain")
+PRETRAIN_STEPS_CSV = PRETRAIN_PLOTS / "steps.csv"  # per step: loss, lr, grad_norm, tokens_seen, tokens_per_s
+PRETRAIN_EVAL_CSV = PRETRAIN_PLOTS / "eval.csv"  # per evaluation: train/val loss and perplexity on fixed batches
+PRETRAIN_STEPS_PNG = PRETRAIN_PLOTS / "steps.png"
+PRETRAIN_EVAL_PNG = PRETRAIN_PLOTS / "eval.png"
+PRETRAIN_REPORTS = REPORTS / "pretrain"
+PRETRAIN_SAMPLES_JSON = PRETRAIN_REPORTS / "samples.json"  # one continuation per train.sample_prompts
+PRETRAIN_SAMPLES_MD = PRETRAIN_REPORTS / "samples.md"
 
 
 # evaluate (file names are reused by the compare stage inside its own folders)
@@ -59,3 +70,15 @@ RELIABILITY_OVERLAY_PNG = COMPARE_PLOTS / "reliability_overlay.png"
 COMPARE_REPORTS = REPORTS / "compare"  # table, and per model <label>/ next tokens and samples
 COMPARE_TABLE_CSV = COMPARE_REPORTS / "table.csv"
 COMPARE_TABLE_MD = COMPARE_REPORTS / "table.md"
+
+
+# preferences, reward, rlhf (their data and models: PREFERENCES_DIR, REWARD_DIR, RLHF_DIR above)
+REWARD_PLOTS = plots_dir("reward")
+REWARD_STEPS_CSV = REWARD_PLOTS / "steps.csv"  # per step: Bradley-Terry loss, pair accuracy, grad_norm, lr
+REWARD_STEPS_PNG = REWARD_PLOTS / "steps.png"
+RLHF_PLOTS = plots_dir("rlhf")
+RLHF_STEPS_CSV = RLHF_PLOTS / "steps.csv"  # per PPO step: proxy and gold score, KL, beta, entropy, losses, ...
+RLHF_STEPS_PNG = RLHF_PLOTS / "steps.png"
+RLHF_PROXY_GOLD_PNG = RLHF_PLOTS / "proxy_vs_gold.png"  # reward hacking shows as the two drifting apart
+RLHF_REPORTS = REPORTS / "rlhf"
+RLHF_SAMPLES_MD = RLHF_REPORTS / "samples.md"  # held-out continuations before and after

@@ -1,0 +1,198 @@
+"""RLHF with PPO: the policy (the pretrained GPT plus a value head) is trained to raise the reward model's
+score while a per-token KL penalty keeps it near a frozen copy of the pretrained model (the reference).
+
+One step = collect a batch of rollouts (sample, score with the reward model, KL-penalised rewards, GAE),
+then `ppo_epochs` passes of clipped policy and value updates over shuffled minibatches of it.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, fields
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from tinygpt import ppo
+from tinygpt.device import autocast
+from tinygpt.model import GPT
+from tinygpt.oracles import Oracle
+from tinygpt.params import RlhfParams
+from tinygpt.reward_model import RewardModel
+from tinygpt.rollout import Rollout, action_hidden, rollout_logprobs, sample, token_entropy, token_logprobs
+
+
+class PolicyWithValue(nn.Module):
+    """The policy's GPT and a value head reading the same hidden states (TRL's shared-trunk layout)."""
+
+    def __init__(self, gpt: GPT):
+        super().__init__()
+        self.gpt = gpt
+        self.value_head = nn.Linear(gpt.config.n_embd, 1)
+        nn.init.zeros_(self.value_head.weight)  # V = 0 at the start: the first advantages are the returns
+        nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, sequences: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (batch, response_len, vocab) and values (batch, response_len) at each action."""
+        hidden = action_hidden(self.gpt, sequences, prompt_len)
+        with torch.autocast(device_type=sequences.device.type, enabled=False):
+            values = self.value_head(hidden.float()).squeeze(-1)
+        return self.gpt.lm_head(hidden), values
+
+
+def freeze_embeddings(model: GPT) -> None:
+    """Keep the token and position embeddings fixed: the token embedding is also the LM head, and
+    PPO then moves only the transformer blocks (a fifth of the weights at width 256, so a fifth of
+    Adam's work) while the output vocabulary geometry the language model learned stays put."""
+    model.transformer.wte.requires_grad_(False)
+    model.transformer.wpe.requires_grad_(False)
+
+
+def frozen_copy(model: GPT) -> GPT:
+    """The reference model: a copy of the initial policy that never trains."""
+    ref = copy.deepcopy(model).eval()
+    for param in ref.parameters():
+        param.requires_grad_(False)
+    return ref
+
+
+@dataclass
+class Experience:
+    """One batch of rollouts with everything PPO's update needs (all (batch, response_len) but sequences)."""
+
+    sequences: torch.Tensor
+    mask: torch.Tensor
+    logp: torch.Tensor  # under the policy that sampled them
+    values: torch.Tensor
+    advantages: torch.Tensor  # whitened
+    returns: torch.Tensor
+    prompt_len: int
+
+    def rows(self, index: torch.Tensor) -> "Experience":
+        parts = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "prompt_len"}
+        return Experience(**{k: v[index] for k, v in parts.items()}, prompt_len=self.prompt_len)
+
+
+@torch.no_grad()
+def score_rollout(
+    policy: PolicyWithValue, ref: GPT, reward_model: RewardModel, rollout: Rollout, temperature: float,
+    precision: str,
+) -> dict[str, torch.Tensor]:
+    """The policy's log-probs, entropies and values, the reference's log-probs and the reward scores."""
+    with autocast(rollout.sequences.device, precision):
+        logits, values = policy(rollout.sequences, rollout.prompt_len)
+        scores = reward_model(rollout.sequences, rollout.last_index).float()
+    logp = token_logprobs(logits, rollout.responses, temperature)
+    ref_logp = rollout_logprobs(ref, rollout, temperature, precision)
+    entropy = token_entropy(logits, temperature)
+    return {"logp": logp, "entropy": entropy, "values": values, "ref_logp": ref_logp, "scores": scores}
+
+
+def collect(
+    policy: PolicyWithValue, ref: GPT, reward_model: RewardModel, prompts: torch.Tensor, p: RlhfParams,
+    max_new_tokens: int, beta: float, oracle: Oracle, generator: torch.Generator, precision: str,
+) -> tuple[Experience, dict[str, float]]:
+    """Sample a batch, turn scores and KL into per-token rewards and those into advantages."""
+    rollout = sample(policy.gpt, prompts, max_new_tokens, p.temperature, generator, precision)
+    scored = score_rollout(policy, ref, reward_model, rollout, p.temperature, precision)
+    mask = rollout.mask
+    rewards, kl = ppo.kl_penalised_rewards(scored["logp"], scored["ref_logp"], scored["scores"], mask, beta)
+    advantages, returns = ppo.gae(rewards, scored["values"], mask, p.gamma, p.lam)
+    experience = Experience(
+        rollout.sequences, mask, scored["logp"], scored["values"] * mask,
+        ppo.whiten(advantages, mask), returns, rollout.prompt_len,
+    )
+    gold = oracle.scores(rollout.texts(), rollout.response_ids())
+    stats = {
+        "reward_model_score": scored["scores"].mean().item(),
+        "gold_score": float(np.mean(gold)),
+        "kl": kl.sum(dim=1).mean().item(),
+        "non_score_reward": (-beta * kl).sum(dim=1).mean().item(),
+        "entropy": ppo.masked_mean(scored["entropy"], mask).item(),
+        "response_tokens": mask.sum(dim=1).mean().item(),
+        "beta": beta,
+        "explained_variance": ppo.explained_variance(scored["values"], returns, mask),
+    }
+    return experience, stats
+
+
+def ppo_update(
+    policy: PolicyWithValue, optimizer: torch.optim.Optimizer, experience: Experience, p: RlhfParams,
+    generator: torch.Generator, precision: str,
+) -> dict[str, float]:
+    """`ppo_epochs` passes of minibatch updates over one batch; returns the mean of each statistic.
+
+    The policy stays in eval mode: with dropout on, the first epoch's ratio would not start at 1.
+    """
+    totals: dict[str, list[float]] = {}
+    n = experience.sequences.size(0)
+    for _ in range(p.ppo_epochs):
+        for index in torch.randperm(n, generator=generator).split(p.minibatch_size):
+            stats = ppo_minibatch(policy, optimizer, experience.rows(index.to(experience.mask.device)), p, precision)
+            for key, value in stats.items():
+                totals.setdefault(key, []).append(value)
+    return {key: float(np.mean(values)) for key, values in totals.items()}
+
+
+def ppo_minibatch(
+    policy: PolicyWithValue, optimizer: torch.optim.Optimizer, mb: Experience, p: RlhfParams, precision: str
+) -> dict[str, float]:
+    """One gradient step on the clipped policy loss plus vf_coef times the clipped value loss."""
+    with autocast(mb.sequences.device, precision):
+        logits, values = policy(mb.sequences, mb.prompt_len)
+    logp = token_logprobs(logits, mb.sequences[:, mb.prompt_len :], p.temperature)
+    pg_loss, pg_stats = ppo.policy_loss(logp, mb.logp, mb.advantages, mb.mask, p.cliprange)
+    vf_loss, vf_stats = ppo.value_loss(values, mb.values, mb.returns, mb.mask, p.cliprange_value)
+    loss = pg_loss + p.vf_coef * vf_loss
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), p.grad_clip)  # frozen weights have no grad
+    optimizer.step()
+    stats = {"policy_loss": pg_loss, "value_loss": vf_loss, "grad_norm": grad_norm, **pg_stats, **vf_stats}
+    return {key: float(value.detach()) for key, value in stats.items()}
+
+
+def kl_controller(p: RlhfParams) -> ppo.AdaptiveKLController | ppo.FixedKLController:
+    if p.adaptive_kl:
+        return ppo.AdaptiveKLController(p.init_kl_coef, p.target_kl, p.kl_horizon)
+    return ppo.FixedKLController(p.init_kl_coef)
+
+
+def prompt_batches(n_prompts: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless batches of prompt indices: shuffled passes over all prompts, a new order each pass."""
+    order = np.empty(0, dtype=np.int64)
+    while True:
+        while len(order) < batch_size:
+            order = np.concatenate([order, rng.permutation(n_prompts)])
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def train_ppo(
+    policy: PolicyWithValue, ref: GPT, reward_model: RewardModel, prompts: np.ndarray, p: RlhfParams,
+    max_new_tokens: int, oracle: Oracle, precision: str,
+    on_step: Callable[[int, dict], None] = lambda step, metrics: None,
+) -> list[dict]:
+    """`p.steps` PPO steps on rollouts of `prompts` (n, prompt_len); returns one row of metrics per step."""
+    device = next(policy.parameters()).device
+    policy.eval()  # no dropout anywhere in PPO (see ppo_update)
+    torch.manual_seed(p.seed)
+    generator = torch.Generator(device).manual_seed(p.seed)
+    shuffler = torch.Generator().manual_seed(p.seed + 1)
+    if not p.train_embeddings:
+        freeze_embeddings(policy.gpt)
+    optimizer = torch.optim.Adam([w for w in policy.parameters() if w.requires_grad], lr=p.learning_rate)
+    controller = kl_controller(p)
+    batches = prompt_batches(len(prompts), p.batch_size, np.random.default_rng(p.seed))
+    history = []
+    for step in range(p.steps):
+        batch = torch.as_tensor(prompts[next(batches)], device=device)
+        experience, stats = collect(
+            policy, ref, reward_model, batch, p, max_new_tokens, controller.value, oracle, generator, precision
+        )
+        stats.update(ppo_update(policy, optimizer, experience, p, shuffler, precision))
+        controller.update(stats["kl"], p.batch_size)
+        history.append({"step": step, **stats})
+        on_step(step, stats)
+    return history

@@ -1,0 +1,38 @@
+"""Stage compare: our trained GPT against Hugging Face's GPT-2 — fidelity of the export, a pretrained
+GPT-2 through the evaluate stage's code, speed of both implementations.
+In: models/pretrain/, data/split/{val.bin, split.json}. Out: models/hf/, metrics/compare.json,
+reports/compare/, plots/compare/."""
+import sys
+
+from tinygpt import data, io, params, paths, tracking, weights
+from tinygpt.cli import run_stage
+from tinygpt.compare import UNAVAILABLE, run_compare, summary_lines, write_compare
+from tinygpt.hf import PretrainedUnavailable
+
+
+def main() -> None:
+    p = params.load_sections("compare", "eval", "tracking")
+    flat = params.flatten({"compare": p.compare, "eval": p.eval})
+    with tracking.stage_run("compare", flat, p.tracking.experiment) as run:
+        model = weights.load_model(paths.PRETRAIN_DIR)
+        split = io.read_json(paths.SPLIT_META)
+        result = run_compare(model, p.compare, p.eval, data.read_tokens(paths.VAL_BIN), split["val"]["bytes"],
+                             paths.HF_DIR, progress=True)
+        status = result.pretrained
+        run.set_tags({"pretrained_status": status.status, "pretrained": status.name,
+                      "pretrained_reason": status.reason or "-"})
+        if status.status == UNAVAILABLE:
+            print(f"warning: {PretrainedUnavailable(status.name, status.reason)}; "
+                  "compared our model with its export only", file=sys.stderr)
+        write_compare(result, paths.COMPARE_PLOTS, paths.COMPARE_REPORTS, paths.COMPARE_TABLE_CSV,
+                      paths.COMPARE_TABLE_MD, paths.RELIABILITY_OVERLAY_PNG)
+        # Folders keep their layout in MLflow (both models write files of the same names).
+        run.log_artifact(paths.COMPARE_REPORTS, "reports")
+        run.log_artifact(paths.COMPARE_PLOTS, "plots")
+        metrics = run.finish(result.metrics())
+        io.write_json(paths.metrics_file("compare"), metrics)
+        print("compare:\n  " + "\n  ".join(summary_lines(result)))
+
+
+if __name__ == "__main__":
+    run_stage(main)

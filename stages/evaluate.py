@@ -1,0 +1,28 @@
+"""Stage evaluate: loss, perplexity, bits per byte, calibration and next-token inspection of the
+pretrained model. In: models/pretrain/, data/split/. Out: metrics/evaluate.json, plots/evaluate/,
+reports/evaluate/."""
+from tinygpt import data, io, params, paths, tracking, weights
+from tinygpt.cli import run_stage
+from tinygpt.evaluate import evaluate_model, summary_line, write_evaluation
+
+
+def main() -> None:
+    p = params.load_sections("eval", "tracking")
+    with tracking.stage_run("evaluate", params.flatten({"eval": p.eval}), p.tracking.experiment) as run:
+        model = weights.load_model(paths.PRETRAIN_DIR)
+        run.log_params({f"model.{k}": v for k, v in model.config.to_dict().items()})
+        split = io.read_json(paths.SPLIT_META)
+        result = evaluate_model(
+            model, p.eval,
+            val_tokens=data.read_tokens(paths.VAL_BIN), val_bytes=split["val"]["bytes"],
+            train_tokens=data.read_tokens(paths.TRAIN_BIN), train_bytes=split["train"]["bytes"],
+            progress=True,
+        )
+        written = write_evaluation(result, paths.EVALUATE_PLOTS, paths.EVALUATE_REPORTS, title="pretrain")
+        metrics = run.finish(result.metrics, artifacts=written)
+        io.write_json(paths.metrics_file("evaluate"), metrics)
+        print(f"evaluate: {summary_line(result.metrics)}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,33 @@
+"""Stage pretrain: train the GPT on the train split, resuming from the configuration's last checkpoint.
+In: data/split/train.bin, val.bin. Out: models/pretrain/, metrics/pretrain.json, plots/pretrain/,
+reports/pretrain/ (samples). Checkpoints: .cache/pretrain/<config hash>/."""
+import time
+
+from tinygpt import io, params, paths, pretrain_outputs, tracking, weights
+from tinygpt.cli import run_stage
+from tinygpt.train import train
+
+
+def main() -> None:
+    started = time.perf_counter()
+    p = params.load_sections("model", "train", "tracking")
+    flat = params.flatten({"model": p.model, "train": p.train})
+    with tracking.stage_run("pretrain", flat, p.tracking.experiment) as run:
+        result = train(p.model, p.train, paths.TRAIN_BIN, paths.VAL_BIN, paths.PRETRAIN_CACHE, on_step=run.log_step)
+        weights.save_model(result.model, paths.PRETRAIN_DIR)
+        written = pretrain_outputs.write_plots(result)
+        written += pretrain_outputs.write_samples(pretrain_outputs.samples(result, p.train), p.train)
+        run.log_artifact(paths.PRETRAIN_DIR, "model")
+        run.set_tags({"checkpoint_dir": result.checkpoint_dir, "resumed_from_step": result.resumed_from})
+        metrics = {**result.metrics, "resumed_from_step": result.resumed_from,
+                   "wall_time_s": time.perf_counter() - started}
+        metrics = run.finish(metrics, artifacts=written)
+        io.write_json(paths.metrics_file("pretrain"), metrics)
+        final = result.metrics["final"]
+        print(f"pretrain: {result.metrics['steps']} steps, val loss {final['val_loss']:.4f} "
+              f"(perplexity {final['val_perplexity']:.1f}) on the fixed batches, "
+              f"{result.metrics['tokens_per_s']:.0f} tokens/s, {metrics['wall_time_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    run_stage(main)

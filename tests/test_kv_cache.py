@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from tinygpt.config import GPTConfig
+from tinygpt.kv_cache import forward_cached, generate_cached, sample_softmax
+from tinygpt.model import GPT
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny_gpt(vocab: int = 64) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab, block_size=24, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+def test_cached_hidden_states_equal_the_full_forward():
+    model = tiny_gpt()
+    seq = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = model.hidden_states(seq)
+        hidden, cache = forward_cached(model, seq[:, :7], None, 0)
+        parts = [hidden]
+        for t in range(7, 20):
+            hidden, cache = forward_cached(model, seq[:, t : t + 1], cache, t)
+            parts.append(hidden)
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_sample_softmax_draws_from_the_tempered_softmax():
+    logits = torch.tensor([[0.0, math.log(3.0), -1e9]]).repeat(20000, 1)
+    ids = sample_softmax(logits, 1.0, torch.Generator().manual_seed(0))
+    assert set(ids.tolist()) == {0, 1}
+    assert (ids == 1).float().mean().item() == pytest.approx(0.75, abs=0.01)
+    ids = sample_softmax(logits, 2.0, torch.Generator().manual_seed(0))  # p ∝ [1, sqrt 3]
+    assert (ids == 1).float().mean().item() == pytest.approx(math.sqrt(3) / (1 + math.sqrt(3)), abs=0.01)
+
+
+def test_generate_cached_pads_rows_after_end_of_text():
+    model = tiny_gpt()
+    eot = 5
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # tied to wte: every next-token distribution is uniform over 64
+    prompts = torch.zeros(50, 2, dtype=torch.long)
+    out = generate_cached(model, prompts, 12, 1.0, eot, torch.Generator().manual_seed(0))
+    assert out.shape[1] <= 14 and torch.equal(out[:, :2], prompts)
+    for row in out[:, 2:].tolist():
+        if eot in row:
+            assert set(row[row.index(eot) :]) == {eot}
+    with pytest.raises(ValueError, match="exceed the context of 24"):
+        generate_cached(model, torch.zeros(1, 20, dtype=torch.long), 5, 1.0, eot)
+
+
+def test_generate_cached_stops_once_every_row_has_ended():
+    model = tiny_gpt()
+    eot = 5
+    with torch.no_grad():  # a constant final hidden state that points at the end-of-text embedding
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[eot] = 10.0
+    out = generate_cached(model, torch.zeros(4, 3, dtype=torch.long), 10, 1.0, eot)
+    assert out[:, 3:].tolist() == [[eot]] * 4

@@ -1,0 +1,174 @@
+"""The GPT: causality, shapes, GPT-2's parameter count, initial loss, generation and config errors."""
+import math
+
+import pytest
+import torch
+
+from tinygpt.config import PRESETS, ConfigError, GPTConfig, preset
+from tinygpt.model import GPT, filter_logits, sample_next
+
+TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+
+
+def tiny_model(seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(**{**TINY.to_dict(), **overrides})).eval()
+
+
+def test_changing_a_later_token_never_changes_earlier_logits():
+    model = tiny_model()
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base, _ = model(x)
+        for t in (0, 5, 15):
+            changed = x.clone()
+            changed[:, t] = (changed[:, t] + 7) % 64
+            logits, _ = model(changed)
+            assert torch.equal(logits[:, :t], base[:, :t]), f"position < {t} saw token {t}"
+            assert not torch.allclose(logits[:, t], base[:, t])  # the changed position itself does change
+
+
+def test_shapes_and_loss_at_init():
+    model = tiny_model(vocab_size=50257, n_embd=64)
+    x = torch.randint(0, 50257, (3, 16), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        y = torch.randint(0, 50257, (3, 16), generator=torch.Generator().manual_seed(3))
+        logits, loss = model(x, y)
+        assert logits.shape == (3, 16, 50257)
+        assert model(x)[1] is None
+        assert model.hidden_states(x).shape == (3, 16, 64)
+    # Small initial weights give near-uniform predictions: loss ~ ln(vocab) = 10.825 (random targets:
+    # a target equal to its input would score higher, through the tied embedding in the residual).
+    assert loss.item() == pytest.approx(math.log(50257), abs=0.05)
+
+
+def test_ignored_targets_do_not_count():
+    model = tiny_model()
+    x = torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(3))
+    y = x.clone()
+    y[:, 8:] = -1
+    with torch.no_grad():
+        _, masked = model(x, y)
+        _, first_half = model(x[:, :8], x[:, :8])
+    assert masked.item() == pytest.approx(first_half.item(), abs=1e-5)
+
+
+def test_sequence_longer_than_context_is_an_error():
+    with pytest.raises(ValueError, match="exceeds the context of 16"):
+        tiny_model()(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_gpt2_preset_has_hugging_face_gpt2_parameter_count():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation time
+        ours = GPT(preset("gpt2"))
+        theirs = GPT2LMHeadModel(GPT2Config())
+    counts = ours.param_counts()
+    assert counts.total == 124_439_808
+    assert counts.total == sum(p.numel() for p in theirs.parameters())
+    assert counts.non_embedding == 124_439_808 - 50257 * 768 - 1024 * 768
+    assert ours.lm_head.weight is ours.transformer.wte.weight
+
+
+def test_residual_projections_are_scaled_at_init():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=1000, block_size=32, n_layer=8, n_head=4, n_embd=256))
+    scaled = model.transformer.h[0].mlp.c_proj.weight.std().item()
+    plain = model.transformer.h[0].mlp.c_fc.weight.std().item()
+    assert plain == pytest.approx(0.02, rel=0.02)
+    assert scaled == pytest.approx(0.02 / math.sqrt(2 * 8), rel=0.02)
+    assert torch.count_nonzero(model.transformer.h[0].attn.c_attn.bias) == 0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"n_embd": 30, "n_head": 4}, "n_embd = 30 is not divisible by model.n_head = 4"),
+        ({"n_layer": 0}, "n_layer = 0 is invalid"),
+        ({"block_size": -1}, "block_size = -1 is invalid"),
+        ({"dropout": 1.0}, r"dropout = 1.0 is invalid; allowed: \[0, 1\)"),
+    ],
+)
+def test_config_errors_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        GPT(GPTConfig(**{**TINY.to_dict(), **overrides}))
+
+
+def test_unknown_preset_and_keys():
+    with pytest.raises(ConfigError, match="unknown model preset 'gpt5'"):
+        preset("gpt5")
+    with pytest.raises(ConfigError, match=r"unknown model config keys \['n_layers'\]"):
+        GPTConfig.from_dict({"n_layers": 2})
+    assert set(PRESETS) >= {"gpt2", "cpu-small"}
+
+
+# ---------------------------------------------------------------- generation
+
+
+def test_top_k_and_top_p_filter_exactly():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    # top_p 0.7: 0.5 < 0.7, so the second token is needed; 0.5 + 0.3 >= 0.7, so nothing after it.
+    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.81)).tolist() == [[False, False, False, True]]
+    assert not torch.isinf(filter_logits(logits, top_k=None, top_p=1.0)).any()
+
+
+def test_sampling_never_leaves_the_filtered_set():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 64)
+    generator = torch.Generator().manual_seed(0)
+    allowed_k = torch.topk(logits, 5).indices
+    for _ in range(200):
+        ids = sample_next(logits, 1.5, top_k=5, top_p=None, generator=generator)
+        assert all(ids[r] in allowed_k[r] for r in range(4))
+    probs = torch.softmax(logits, dim=-1)
+    kept = ~torch.isinf(filter_logits(logits, top_p=0.6))
+    counts = torch.zeros(4, 64)
+    for _ in range(300):
+        ids = sample_next(logits, 1.0, top_k=None, top_p=0.6, generator=generator)
+        counts[torch.arange(4), ids] += 1
+    assert counts[~kept].sum() == 0
+    assert (probs * kept).sum(-1).min() >= 0.6  # the kept set does carry top_p of the mass
+
+
+def test_greedy_is_deterministic_and_top_k_1_is_greedy():
+    model = tiny_model()
+    prompt = torch.tensor([[1, 2, 3]])
+    a = model.generate(prompt, 10, temperature=0.0)
+    b = model.generate(prompt, 10, temperature=0.0)
+    c = model.generate(prompt, 10, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(5))
+    assert a.shape == (1, 13) and torch.equal(a, b) and torch.equal(a, c)
+    assert torch.equal(a[:, :3], prompt)
+
+
+def test_seeded_sampling_is_reproducible():
+    model = tiny_model()
+    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    runs = [model.generate(prompt, 12, temperature=1.0, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+    assert torch.equal(runs[0], runs[1])
+    assert not torch.equal(runs[0], runs[2])
+
+
+def test_generation_stops_at_end_of_text():
+    model = tiny_model()
+    eot = 63
+    with torch.no_grad():  # every position's hidden state is v, and v points at the eot embedding
+        model.transformer.ln_f.weight.zero_()
+        model.transformer.ln_f.bias.copy_(torch.randn(32))
+        model.transformer.wte.weight[eot] = 10 * model.transformer.ln_f.bias
+    out = model.generate(torch.tensor([[1, 2]]), 10, temperature=1.0, eot_id=eot,
+                         generator=torch.Generator().manual_seed(0))
+    assert out.tolist() == [[1, 2, eot]]
+    assert model.generate(torch.tensor([[1, 2]]), 4, temperature=0.0).tolist() == [[1, 2] + [eot] * 4]
+
+
+def test_generation_crops_the_context_to_the_block_size():
+    model = tiny_model()
+    long_prompt = torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(4))
+    out = model.generate(long_prompt, 5, temperature=0.0)
+    cropped = model.generate(long_prompt[:, -16:], 5, temperature=0.0)
+    assert out.shape == (1, 45)
+    assert torch.equal(out[:, 40:], cropped[:, 16:])

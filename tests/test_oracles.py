@@ -1,0 +1,41 @@
+import pytest
+
+from tinygpt.oracles import Oracle, brevity_score, keyword_score, prefer, sentiment_score
+from tinygpt.tokenizer import EOT_ID
+
+
+def test_sentiment_is_vader_compound():
+    assert sentiment_score("Good morrow, neighbour Baptista.") == pytest.approx(0.4404)
+    assert sentiment_score("I hate thee, vile wretch") == pytest.approx(-0.8316)
+    assert sentiment_score("") == 0.0
+
+
+def test_brevity_counts_tokens_before_end_of_text():
+    assert brevity_score([5, 6, 7, EOT_ID, EOT_ID]) == -3.0
+    assert brevity_score([EOT_ID]) == 0.0
+    assert brevity_score([5, 6, 7, 8]) == -4.0  # never ended: the whole length
+
+
+def test_keyword_matches_whole_words_in_any_case():
+    assert keyword_score("My LOVE is true", "love") == 1.0
+    assert keyword_score("she is lovely", "love") == 0.0
+    assert keyword_score("love, love", "love") == 1.0
+
+
+def test_oracle_dispatches_on_its_name():
+    texts, ids = ["good day", "bad day"], [[1, 2], [1, EOT_ID]]
+    assert Oracle("sentiment").scores(texts, ids) == [sentiment_score("good day"), sentiment_score("bad day")]
+    assert Oracle("brevity").scores(texts, ids) == [-2.0, -1.0]
+    assert Oracle("keyword", "bad").scores(texts, ids) == [0.0, 1.0]
+    with pytest.raises(ValueError, match="unknown"):
+        Oracle("length")
+    with pytest.raises(ValueError, match="keyword"):
+        Oracle("keyword", " ")
+
+
+def test_prefer_drops_ties_and_pairs_within_the_margin():
+    assert prefer(0.5, 0.2) == 0
+    assert prefer(0.2, 0.5) == 1
+    assert prefer(0.3, 0.3) is None
+    assert prefer(0.30, 0.35, min_margin=0.05) is None
+    assert prefer(0.30, 0.36, min_margin=0.05) == 1

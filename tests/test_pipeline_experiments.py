@@ -1,0 +1,137 @@
+"""End to end on a tiny configuration: the whole pipeline under `dvc exp run`, the pipeline runs it
+leaves in MLflow, the run-cache, `--temp` and `--queue` experiments, and DVC's plots and metrics."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+
+import pytest
+
+from test_pipeline_data import copy_project, dvc, set_params
+
+# A pipeline small enough to run in a minute or two on a laptop CPU.
+TINY = {
+    "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32},
+    "train": {"max_steps": 6, "batch_size": 2, "warmup_steps": 2, "eval_interval": 3, "eval_batches": 1,
+              "checkpoint_interval": 3, "log_interval": 1, "compile": False, "sample_tokens": 4},
+    "eval": {"batch_size": 8, "stride": 16, "train_tokens": 256, "train_segments": 2, "prompts": ["ROMEO:"],
+             "sample_max_new_tokens": 4, "temperature_max_iter": 3},
+    "compare": {"pretrained": "missing-gpt2-dir/", "allow_download": False, "fidelity_tokens": 256,
+                "speed_batch_size": 1, "speed_repeats": 1, "speed_warmup": 0, "speed_pretrained": False},
+    "preferences": {"train_prompts": 8, "val_prompts": 4, "samples_per_prompt": 2, "prompt_tokens": 4,
+                    "continuation_tokens": 4, "batch_size": 8},
+    "reward": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
+    "rlhf": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "eval_samples_per_prompt": 1,
+             "table_samples": 2},
+}
+
+
+@pytest.fixture
+def tiny_project(repo_root, tmp_path, shakespeare_path):
+    corpus = shakespeare_path.read_bytes()[:40_000]
+    (tmp_path / "corpus.txt").write_bytes(corpus)
+    project = copy_project(repo_root, tmp_path / "project")
+    data = {"url": str(tmp_path / "corpus.txt"), "sha256": hashlib.sha256(corpus).hexdigest(), "mirrors": []}
+    set_params(project, data=data, **TINY)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run([*git, "commit", "-qam", "tiny configuration"], cwd=project, check=True)
+    return project
+
+
+def store(project):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+
+
+def runs_of(client, experiment: str, **tags):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    found = client.search_runs([exp.experiment_id], max_results=1000)
+    return [r for r in found if all(r.data.tags.get(k) == v for k, v in tags.items())]
+
+
+def read_json(project, path):
+    return json.loads((project / path).read_text())
+
+
+def stage_run_ids(project):
+    stages = ("download", "tokenize", "split", "pretrain", "evaluate", "compare", "preferences", "reward", "rlhf")
+    return {s: read_json(project, f"metrics/{s}.json")["mlflow_run_id"] for s in stages}
+
+
+@pytest.mark.slow
+def test_experiments_make_one_pipeline_run_each(tiny_project):
+    project = tiny_project
+    client = store(project)
+
+    dvc(project, "exp", "run", "-n", "exp-a")
+    first = read_json(project, "metrics/report.json")
+    first_links = stage_run_ids(project)
+
+    out = dvc(project, "exp", "run", "-n", "exp-b", "-S", "train.learning_rate=0.01")
+    assert "Running stage 'pretrain'" in out.stdout and "Running stage 'download'" not in out.stdout
+    second = read_json(project, "metrics/report.json")
+    second_links = stage_run_ids(project)
+
+    pipelines = runs_of(client, "tinygpt-pipeline")
+    assert {r.info.run_id for r in pipelines} == {first["pipeline_run_id"], second["pipeline_run_id"]}
+    run_a, run_b = (client.get_run(x["pipeline_run_id"]) for x in (first, second))
+    assert run_a.data.params["train.learning_rate"] == "0.002" and run_b.data.params["train.learning_rate"] == "0.01"
+    assert run_a.data.metrics["pretrain/val_loss"] != run_b.data.metrics["pretrain/val_loss"]
+    for run, links in ((run_a, first_links), (run_b, second_links)):
+        assert {k[len("stage_run."):]: v for k, v in run.data.tags.items() if k.startswith("stage_run.")} == links
+    # The data stages did not rerun for exp-b: both pipeline runs link the same data-stage runs.
+    assert first_links["split"] == second_links["split"] and first_links["pretrain"] != second_links["pretrain"]
+    pretrain_runs = len(runs_of(client, "tinygpt", stage="pretrain"))
+
+    # Back to the first learning rate: every stage comes back from DVC's run-cache, nothing runs or logs,
+    # and the restored metrics still name the stage runs and the pipeline run of exp-a.
+    out = dvc(project, "exp", "run", "-n", "exp-c", "-S", "train.learning_rate=0.002")
+    assert "Running stage" not in out.stdout
+    assert read_json(project, "metrics/report.json")["pipeline_run_id"] == first["pipeline_run_id"]
+    assert stage_run_ids(project) == first_links
+    assert len(runs_of(client, "tinygpt", stage="pretrain")) == pretrain_runs
+    assert len(runs_of(client, "tinygpt-pipeline")) == 2
+
+    summary = (project / "reports/summary.md").read_text()
+    assert first["pipeline_run_id"] in summary and "evaluate/val_loss" in summary
+
+    plots = dvc(project, "plots", "show", "-o", "plots-html")
+    assert (project / "plots-html" / "index.html").stat().st_size > 1000, plots.stdout
+    metrics = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    shown = json.dumps(metrics)
+    assert first["pipeline_run_id"] in shown and "val_loss" in shown
+    listed = dvc(project, "exp", "list").stdout
+    assert "exp-a" in listed and "exp-b" in listed
+
+
+@pytest.mark.slow
+def test_temp_and_parallel_queued_experiments_share_the_store(tiny_project):
+    project = tiny_project
+    client = store(project)
+    dvc(project, "repro", "split")  # data stages in the workspace first: the store now exists
+
+    # --temp runs in .dvc/tmp/exps/...; its runs must land in the project's store.
+    dvc(project, "exp", "run", "--temp", "-S", "split.val_fraction=0.2", "split")
+    assert [r.data.params["split.val_fraction"] for r in runs_of(client, "tinygpt", stage="split")].count("0.2") == 1
+
+    # Two queued experiments run by two workers at once write to the same SQLite store.
+    for fraction in ("0.15", "0.25"):
+        dvc(project, "exp", "run", "--queue", "-S", f"split.val_fraction={fraction}", "split")
+    dvc(project, "queue", "start", "-j", "2")
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(3)
+    dvc(project, "queue", "stop", "--kill") if "Running" in status else None
+    assert "Failed" not in status, status
+    split_runs = runs_of(client, "tinygpt", stage="split")
+    fractions = sorted(r.data.params["split.val_fraction"] for r in split_runs)
+    assert fractions == ["0.1", "0.15", "0.2", "0.25"]
+    assert all(r.info.status == "FINISHED" for r in split_runs)

@@ -1,0 +1,172 @@
+"""RLHF end to end on a tiny GPT trained on a tiny synthetic language ("he is good.\\n she was here.\\n"),
+where the keyword oracle ("good") is easy: preferences -> reward model -> PPO raises the reward and
+the keyword rate; and the three stages run in a temp project with a temp MLflow store."""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from tinygpt import data, io, paths
+from tinygpt import preferences as prefs
+from tinygpt import reward_model as rm
+from tinygpt.cli import run_stage
+from tinygpt.config import GPTConfig
+from tinygpt.model import GPT
+from tinygpt.oracles import Oracle
+from tinygpt.params import PreferencesParams, RlhfParams
+from tinygpt.rlhf import PolicyWithValue, frozen_copy, train_ppo
+from tinygpt.rlhf_eval import held_out
+from tinygpt.weights import save_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+# GPT-2 ids below 1024, so a 1024-token vocabulary covers the language
+SUBJECTS = [[339], [673], [340], [262, 582]]  # " he", " she", " it", " the man"
+VERBS = [318, 373]  # " is", " was"
+ADJECTIVES = [922, 649, 890, 826, 880, 994, 612, 503]  # " good", " new", " long", " right", ...
+KEYWORD = "good"
+
+
+def tiny_language(n_lines: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    ids: list[int] = []
+    for _ in range(n_lines):
+        ids += SUBJECTS[rng.integers(4)] + [VERBS[rng.integers(2)], ADJECTIVES[rng.integers(8)], 13, 198]
+    return np.asarray(ids, dtype=np.uint16)
+
+
+@pytest.fixture(scope="module")
+def pretrained() -> GPT:
+    """A 1-layer GPT that writes the tiny language (about 10 s on one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    tokens = torch.as_tensor(tiny_language(2000, seed=0).astype(np.int64))
+    model = GPT(GPTConfig(vocab_size=1024, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        starts = torch.randint(0, len(tokens) - 33, (16,), generator=generator)
+        x = torch.stack([tokens[i : i + 32] for i in starts])
+        y = torch.stack([tokens[i + 1 : i + 33] for i in starts])
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.set_num_threads(threads)
+    assert loss.item() < 1.2  # it has learned the grammar (uniform over the 16 tokens would be 2.8)
+    return model.eval()
+
+
+def trainable_copy(model: GPT) -> GPT:
+    return frozen_copy(model).requires_grad_(True)
+
+
+def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained):
+    oracle = Oracle("keyword", KEYWORD)
+    p = PreferencesParams(oracle="keyword", keyword=KEYWORD, prompt_tokens=4, continuation_tokens=10,
+                          samples_per_prompt=4, batch_size=64)
+    generator = torch.Generator().manual_seed(0)
+    pairs, prompts, stats = prefs.build_split(pretrained, tiny_language(600, 1), 96, "train", p, oracle,
+                                              np.random.default_rng(0), generator, "fp32")
+    assert 0.05 < stats["oracle_mean"] < 0.5 and stats["pairs"] > 100  # "good" in some continuations
+    torch.manual_seed(0)
+    reward_model = rm.RewardModel(trainable_copy(pretrained))
+    train = rm.pair_tensors(pairs)
+    rm.train_reward_model(reward_model, train, 3e-3, 0.0, 6, 16, 2, 1.0, 0, "fp32")
+    rm.fit_normalisation(reward_model, train, 64, "fp32")
+    reward_model.requires_grad_(False)
+
+    policy, ref = PolicyWithValue(trainable_copy(pretrained)), frozen_copy(pretrained)
+    held = torch.as_tensor(prefs.cut_prompts(tiny_language(200, 2), 16, 4, np.random.default_rng(1)))
+    before = held_out(ref, ref, reward_model, held, 8, 10, 1.0, 7, oracle, "fp32", 64)
+    ppo_params = RlhfParams(steps=20, batch_size=16, minibatch_size=8, ppo_epochs=2, learning_rate=1e-3,
+                            init_kl_coef=0.02)
+    history = pd.DataFrame(train_ppo(policy, ref, reward_model, np.asarray(prompts["prompt_ids"]), ppo_params,
+                                     10, oracle, "fp32"))
+    after = held_out(policy.gpt, ref, reward_model, held, 8, 10, 1.0, 7, oracle, "fp32", 64)
+
+    first, last = history.head(4).mean(), history.tail(4).mean()
+    assert last["reward_model_score"] > first["reward_model_score"] + 0.5
+    assert last["gold_score"] > first["gold_score"] + 0.1
+    assert after.reward.mean() > before.reward.mean() + 0.5
+    assert after.gold.mean() > before.gold.mean() + 0.1
+    assert before.kl.tolist() == [0.0] * len(before.kl)  # the reference against itself
+    assert 0.0 < after.kl.mean() < 20.0
+
+
+def tiny_project(tmp_path, monkeypatch, pretrained, repo_root, **overrides) -> None:
+    """A project folder with the split, the pretrained model and small params; the working directory."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(repo_root))  # for `stages`
+    data.write_tokens(paths.TRAIN_BIN, tiny_language(600, 1))
+    data.write_tokens(paths.VAL_BIN, tiny_language(150, 2))
+    save_model(pretrained, paths.PRETRAIN_DIR)
+    values = yaml.safe_load((repo_root / "params.yaml").read_text())
+    values["preferences"].update(oracle="keyword", keyword=KEYWORD, prompt_tokens=4, continuation_tokens=10,
+                                 train_prompts=32, val_prompts=8, samples_per_prompt=3, device="cpu")
+    values["reward"].update(epochs=2, batch_size=8, warmup_steps=2, device="cpu")
+    values["rlhf"].update(steps=3, batch_size=8, minibatch_size=4, ppo_epochs=2, eval_samples_per_prompt=2,
+                          table_samples=3, device="cpu")
+    for section, keys in overrides.items():
+        values[section].update(keys)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def run(stage: str) -> None:
+    importlib.import_module(f"stages.{stage}").main()
+
+
+def test_the_three_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root):
+    tiny_project(tmp_path, monkeypatch, pretrained, repo_root)
+    for stage in ("preferences", "reward", "rlhf"):
+        run(stage)
+
+    pairs = prefs.load_pairs(paths.PREFERENCE_PAIRS)
+    assert set(pairs) == {"train", "validation"} and len(pairs["train"]) > 0
+    row = pairs["train"][0]
+    assert row["chosen_score"] == 1.0 and row["rejected_score"] == 0.0 and KEYWORD in row["chosen"]
+    assert len(row["prompt_ids"]) == 4 and len(row["chosen_ids"]) == 10
+    assert prefs.load_prompts(paths.PREFERENCE_PROMPTS, "validation").shape == (8, 4)
+
+    reward = io.read_json(paths.metrics_file("reward"))
+    assert 0.0 <= reward["validation"]["accuracy"] <= 1.0 and reward["normalisation"]["scale"] > 0
+    assert rm.load_reward_model(paths.REWARD_DIR).scale.item() == pytest.approx(reward["normalisation"]["scale"])
+
+    metrics = io.read_json(paths.metrics_file("rlhf"))
+    assert metrics["before"]["kl_mean"] == 0.0 and metrics["after"]["kl_mean"] != 0.0  # it moved
+    assert metrics["change"]["oracle_mean"] == pytest.approx(
+        metrics["after"]["oracle_mean"] - metrics["before"]["oracle_mean"])
+    assert 1.0 < metrics["before"]["val_perplexity"] < 20.0  # the tiny language is easy
+    steps = pd.read_csv(paths.RLHF_STEPS_CSV)
+    assert list(steps["step"]) == [0, 1, 2] and {"kl", "beta", "clip_fraction", "explained_variance"} <= set(steps)
+    for png in (paths.RLHF_STEPS_PNG, paths.RLHF_PROXY_GOLD_PNG, paths.REWARD_STEPS_PNG):
+        assert png.stat().st_size > 1000
+    assert paths.RLHF_SAMPLES_MD.read_text().count("\n|") == 2 + 3  # header, rule and 3 rows, after the title line
+    assert (paths.RLHF_DIR / "model.safetensors").exists()
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    run_info = client.get_run(metrics["mlflow_run_id"])
+    assert run_info.data.params["rlhf.steps"] == "3" and run_info.data.tags["stage"] == "rlhf"
+    assert [m.step for m in client.get_metric_history(run_info.info.run_id, "kl")] == [0, 1, 2]
+    for stage in ("preferences", "reward"):
+        assert client.get_run(io.read_json(paths.metrics_file(stage))["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_brevity_without_end_of_text_ties_every_pair_and_fails_cleanly(
+    tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root, capsys
+):
+    # The tiny language, like Tiny Shakespeare, has no end-of-text: every continuation is full length.
+    tiny_project(tmp_path, monkeypatch, pretrained, repo_root, preferences={"oracle": "brevity"})
+    with pytest.raises(SystemExit) as exit_info:
+        run_stage(importlib.import_module("stages.preferences").main)
+    assert exit_info.value.code == 1
+    assert "tied under oracle 'brevity'" in capsys.readouterr().err
+    assert not paths.PREFERENCES_DIR.exists()

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from tinygpt.config import GPTConfig
+from tinygpt.model import GPT
+from tinygpt.rollout import (
+    Rollout, response_mask, rollout_logprobs, sample, sample_in_batches, token_entropy, token_logprobs,
+)
+from tinygpt.tokenizer import EOT_ID
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny_gpt(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(vocab_size=EOT_ID + 1, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+
+
+def test_response_mask_keeps_the_first_end_of_text_and_drops_what_follows():
+    responses = torch.tensor([[5, EOT_ID, EOT_ID, 7], [5, 6, 7, 8], [EOT_ID, 1, 2, 3]])
+    assert response_mask(responses).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_rollout_views():
+    seqs = torch.tensor([[1, 2, 3, EOT_ID, EOT_ID], [1, 2, 262, 3797, 5]])  # " the cat"
+    rollout = Rollout(seqs, 2, response_mask(seqs[:, 2:]))
+    assert rollout.last_index.tolist() == [3, 4]
+    assert rollout.response_ids() == [[3, EOT_ID], [262, 3797, 5]]
+    assert rollout.texts()[1].startswith(" the cat")
+
+
+def test_logprobs_and_entropy_at_a_temperature():
+    logits = torch.tensor([[[2.0, 0.0, -1.0]]])
+    logp = token_logprobs(logits, torch.tensor([[1]]), temperature=0.5)
+    entropy = token_entropy(logits, temperature=0.5)
+    probs = torch.softmax(logits[0, 0] / 0.5, dim=-1)
+    assert logp.item() == pytest.approx(torch.log(probs[1]).item(), rel=1e-5)
+    assert entropy.item() == pytest.approx(-(probs * probs.log()).sum().item(), rel=1e-5)
+
+
+def test_sample_is_seeded_and_log_probs_are_those_of_the_sampling_distribution():
+    model = tiny_gpt()
+    prompts = torch.randint(0, 1000, (3, 4), generator=torch.Generator().manual_seed(1))
+    a = sample(model, prompts, 6, 0.7, torch.Generator().manual_seed(2))
+    b = sample_in_batches(model, prompts, 6, 0.7, torch.Generator().manual_seed(2), "fp32", batch_size=3)
+    assert torch.equal(a.sequences, b.sequences) and a.sequences.shape == (3, 10)
+    assert torch.equal(a.sequences[:, :4], prompts)
+    # the log-prob of each sampled token, recomputed from the full sequence, matches a step-by-step one
+    logp = rollout_logprobs(model, a, temperature=0.7)
+    with torch.no_grad():
+        step_logits = model(a.sequences[:, :5])[0][:, -1, :]
+    expected = torch.log_softmax(step_logits / 0.7, dim=-1).gather(1, a.sequences[:, 5:6]).squeeze(1)
+    assert logp[:, 1].tolist() == pytest.approx(expected.tolist(), abs=1e-5)

@@ -1,0 +1,244 @@
+"""Pretraining: it learns, it is reproducible bit for bit, it resumes exactly, its schedule and weight
+decay groups are what the README says, it stops on a non-finite loss, and the stage runs end to end."""
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tinygpt import data, tokenizer
+from tinygpt.checkpoint import CHECKPOINT_FILE
+from tinygpt.config import GPTConfig
+from tinygpt.model import GPT
+from tinygpt.optim import build_optimizer, lr_at
+from tinygpt.params import TrainParams
+from tinygpt.train import NonFiniteLossError, train
+
+TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+FAST = TrainParams(max_steps=20, batch_size=8, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=10,
+                   eval_batches=2, checkpoint_interval=5, log_interval=5, device="cpu", precision="fp32",
+                   compile=False, sample_tokens=8)
+
+
+class Interrupted(Exception):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models spend their time in thread synchronisation; one thread is faster and steadier when
+    other processes share the cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    """train.bin / val.bin: a fixed shuffle of the 64 ids, repeated. Each id has one successor, so a
+    model that learns the cycle predicts every token: the loss can go to zero."""
+    cycle = np.random.default_rng(0).permutation(64)
+    train_path, val_path = tmp_path / "train.bin", tmp_path / "val.bin"
+    data.write_tokens(train_path, np.tile(cycle, 10))
+    data.write_tokens(val_path, np.tile(cycle, 2))
+    return train_path, val_path
+
+
+def run(corpus, root, p=FAST, config=TINY, **kwargs):
+    return train(config, p, corpus[0], corpus[1], root, **kwargs)
+
+
+def weights(result) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in result.model.state_dict().items()}
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name, tensor in a.items():
+        assert torch.equal(tensor, b[name]), f"{name} differs"
+
+
+def without_speed(rows: list[dict]) -> list[dict]:
+    """Step rows without tokens/s, the one column that depends on the machine's load."""
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
+
+
+def test_overfits_a_tiny_corpus(corpus, tmp_path):
+    p = dataclasses.replace(FAST, max_steps=100, eval_interval=50, checkpoint_interval=100)
+    result = run(corpus, tmp_path / "ckpt", p)
+    assert result.evals[0]["train_loss"] == pytest.approx(math.log(64), abs=0.1)  # at step 0: uniform
+    assert result.evals[-1]["train_loss"] < 0.1
+    assert result.evals[-1]["val_loss"] < 0.1  # val is the same cycle
+    assert [row["step"] for row in result.evals] == [0, 50, 100]
+    assert len(result.history) == 100 and result.history[-1]["tokens_seen"] == 100 * 8 * 16
+    assert result.metrics["final"]["val_loss"] == result.evals[-1]["val_loss"]
+
+
+def test_same_seed_same_weights_other_seed_other_weights(corpus, tmp_path):
+    p = dataclasses.replace(FAST, grad_accum_steps=2)
+    config = dataclasses.replace(TINY, dropout=0.1)  # dropout draws from the seeded generator too
+    a, b = run(corpus, tmp_path / "a", p, config), run(corpus, tmp_path / "b", p, config)
+    assert_same_weights(weights(a), weights(b))
+    assert [r["loss"] for r in a.history] == [r["loss"] for r in b.history]
+    c = run(corpus, tmp_path / "c", dataclasses.replace(p, seed=7), config)
+    assert not torch.equal(weights(a)["lm_head.weight"], weights(c)["lm_head.weight"])
+
+
+def test_resume_after_interruption_gives_identical_weights(corpus, tmp_path):
+    p = dataclasses.replace(FAST, grad_accum_steps=2)
+    config = dataclasses.replace(TINY, dropout=0.1)
+    uninterrupted = run(corpus, tmp_path / "one", p, config)
+
+    def crash_at_13(step, metrics):
+        if step == 13 and "loss" in metrics:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(corpus, tmp_path / "two", p, config, on_step=crash_at_13)
+    saved = torch.load(next((tmp_path / "two").glob(f"*/{CHECKPOINT_FILE}")), weights_only=True)
+    assert saved["step"] == 10  # steps 11-13 were lost and are redone
+    logged = []
+    resumed = run(corpus, tmp_path / "two", p, config, on_step=lambda step, m: logged.append(step))
+    assert resumed.resumed_from == 10
+    assert_same_weights(weights(uninterrupted), weights(resumed))
+    assert without_speed(resumed.history) == without_speed(uninterrupted.history)
+    assert [r["val_loss"] for r in resumed.evals] == [r["val_loss"] for r in uninterrupted.evals]
+    assert sorted(set(logged)) == list(range(21))  # the restored curve is replayed to the logger
+
+
+def test_changed_params_do_not_resume_another_configurations_checkpoint(corpus, tmp_path):
+    run(corpus, tmp_path / "ckpt", FAST)
+    other = run(corpus, tmp_path / "ckpt", dataclasses.replace(FAST, learning_rate=5e-3))
+    assert other.resumed_from == 0
+    again = run(corpus, tmp_path / "ckpt", dataclasses.replace(FAST, sample_tokens=3))  # reporting only
+    assert again.resumed_from == 20
+    assert len(list((tmp_path / "ckpt").iterdir())) == 2
+
+
+def test_learning_rate_schedule():
+    p = TrainParams(learning_rate=1.0, min_lr=0.1, warmup_steps=10, max_steps=110)
+    assert lr_at(p, 0) == pytest.approx(0.1)
+    assert lr_at(p, 4) == pytest.approx(0.5)
+    assert lr_at(p, 9) == pytest.approx(1.0)
+    assert lr_at(p, 10) == pytest.approx(1.0)
+    assert lr_at(p, 60) == pytest.approx(0.55)  # half way down the cosine: the mean of peak and floor
+    assert lr_at(p, 110) == pytest.approx(0.1)
+    assert lr_at(p, 500) == pytest.approx(0.1)
+
+
+def test_logged_learning_rates_follow_the_schedule(corpus, tmp_path):
+    result = run(corpus, tmp_path / "ckpt")
+    assert [row["lr"] for row in result.history] == pytest.approx([lr_at(FAST, s) for s in range(20)])
+
+
+def test_weight_decay_only_on_matrices():
+    model = GPT(TINY)
+    groups = build_optimizer(model, FAST, torch.device("cpu")).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in groups[0]["params"]}
+    plain = {names[id(p)] for p in groups[1]["params"]}
+    assert groups[0]["weight_decay"] == FAST.weight_decay and groups[1]["weight_decay"] == 0.0
+    assert "transformer.wte.weight" in decayed and "transformer.wpe.weight" in decayed
+    assert "transformer.h.0.attn.c_attn.weight" in decayed and "transformer.h.1.mlp.c_proj.weight" in decayed
+    assert all(n.endswith(".bias") or ".ln_" in n for n in plain)
+    assert "transformer.ln_f.weight" in plain and "transformer.h.0.mlp.c_fc.bias" in plain
+    assert sum(p.numel() for g in groups for p in g["params"]) == model.param_counts().total  # tied once
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(corpus, tmp_path, monkeypatch):
+    import tinygpt.train as train_module
+
+    real_forward, calls = train_module.forward, []
+
+    def forward_nan_at_step_7(model, x, y, device, precision):
+        loss = real_forward(model, x, y, device, precision)
+        calls.append(1) if model.training else None
+        return loss * float("nan") if model.training and len(calls) == 7 else loss
+
+    monkeypatch.setattr(train_module, "forward", forward_nan_at_step_7)
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 7; .*checkpoint \(step 5\)"):
+        run(corpus, tmp_path / "ckpt", FAST)
+    saved = torch.load(next((tmp_path / "ckpt").glob(f"*/{CHECKPOINT_FILE}")), weights_only=True)
+    assert saved["step"] == 5
+    assert all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespeare_path):
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from stages import pretrain as stage
+
+    ids = np.asarray(tokenizer.encode(shakespeare_path.read_text()[:12000]))
+    data.write_tokens(tmp_path / "data/split/train.bin", ids[:3000])
+    data.write_tokens(tmp_path / "data/split/val.bin", ids[3000:])
+    params = {
+        "tracking": {"experiment": "test-pretrain"},
+        "model": {"vocab_size": 50257, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
+        "train": {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "eval_interval": 3, "eval_batches": 1,
+                  "checkpoint_interval": 3, "device": "cpu", "precision": "fp32", "compile": False,
+                  "sample_tokens": 5},
+    }
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    stage.main()
+
+    metrics = json.loads((tmp_path / "metrics/pretrain.json").read_text())
+    assert metrics["steps"] == 6 and metrics["tokens_seen"] == 6 * 4 * 32 and metrics["resumed_from_step"] == 0
+    assert metrics["params"]["total"] == 50257 * 16 + 32 * 16 + metrics["params"]["non_embedding"]
+    assert metrics["final"]["val_loss"] < math.log(50257) and metrics["best"]["val_loss"] <= metrics["final"]["val_loss"]
+    assert metrics["precision"] == "fp32" and metrics["peak_rss_mib"] > 0 and metrics["wall_time_s"] > 0
+    steps = (tmp_path / "plots/pretrain/steps.csv").read_text().splitlines()
+    assert steps[0] == "step,loss,lr,grad_norm,tokens_seen,tokens_per_s" and len(steps) == 7
+    evals = (tmp_path / "plots/pretrain/eval.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in evals[1:]] == ["0", "3", "6"]
+    assert (tmp_path / "plots/pretrain/steps.png").read_bytes()[:4] == b"\x89PNG"
+    samples = json.loads((tmp_path / "reports/pretrain/samples.json").read_text())["samples"]
+    assert [s["prompt"] for s in samples] == ["ROMEO:", "To be or not to"]
+    first = load_file(str(tmp_path / "models/pretrain/model.safetensors"))
+
+    mlflow_run = MlflowClient(mlflow_uri).get_run(metrics["mlflow_run_id"])
+    assert mlflow_run.data.params["train.max_steps"] == "6" and mlflow_run.data.params["model.n_embd"] == "16"
+    assert mlflow_run.data.metrics["final.val_loss"] == pytest.approx(metrics["final"]["val_loss"])
+    history = MlflowClient(mlflow_uri).get_metric_history(metrics["mlflow_run_id"], "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
+    artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(metrics["mlflow_run_id"])}
+    assert {"samples.json", "steps.png", "eval.csv", "model"} <= artifacts
+    model_files = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(metrics["mlflow_run_id"], "model")}
+    assert model_files == {"model/model.safetensors", "model/config.json"}
+
+    # DVC deletes the outputs before a rerun; the same configuration resumes from its final checkpoint.
+    (tmp_path / "models/pretrain/model.safetensors").unlink()
+    stage.main()
+    metrics = json.loads((tmp_path / "metrics/pretrain.json").read_text())
+    assert metrics["resumed_from_step"] == 6
+    assert_same_weights(first, load_file(str(tmp_path / "models/pretrain/model.safetensors")))
+    assert len((tmp_path / "plots/pretrain/steps.csv").read_text().splitlines()) == 7
+
+
+@pytest.mark.slow
+def test_compiled_training_is_reproducible_and_resumes_exactly(corpus, tmp_path):
+    """train.compile: the Inductor kernels give the same weights run to run, and across a resume."""
+    p = dataclasses.replace(FAST, max_steps=6, checkpoint_interval=3, eval_interval=3, compile=True)
+    config = dataclasses.replace(TINY, n_layer=1, dropout=0.1)
+    whole = run(corpus, tmp_path / "one", p, config)
+
+    def crash_at_5(step, metrics):
+        if step == 5 and "loss" in metrics:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run(corpus, tmp_path / "two", p, config, on_step=crash_at_5)
+    resumed = run(corpus, tmp_path / "two", p, config)
+    assert resumed.resumed_from == 3
+    assert_same_weights(weights(whole), weights(resumed))
+    # Inductor draws its dropout masks its own way: the eager run agrees closely, not bit for bit.
+    eager = run(corpus, tmp_path / "three", dataclasses.replace(p, compile=False), config)
+    assert [r["loss"] for r in eager.history] == pytest.approx([r["loss"] for r in whole.history], rel=2e-2)
