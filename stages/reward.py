@@ -31,8 +31,8 @@ def main() -> None:
         )
         rm.fit_normalisation(model, train, 4 * cfg.batch_size, precision)
         rm.save_reward_model(model, paths.REWARD_DIR)
-        write_curves(history, paths.REWARD_STEPS_CSV, paths.REWARD_STEPS_PNG, ["loss", "accuracy", "grad_norm", "lr"],
-                     "reward model: Bradley-Terry training")
+        write_curves(history, paths.REWARD_STEPS_CSV, paths.REWARD_STEPS_PNG,
+                     ["loss", "accuracy", "grad_norm", "lr"], "reward model: Bradley-Terry training")
         metrics = {
             "train": rm.evaluate_pairs(model, train, 4 * cfg.batch_size, precision),
             "validation": rm.evaluate_pairs(model, val, 4 * cfg.batch_size, precision),

@@ -242,3 +242,16 @@ def test_compiled_training_is_reproducible_and_resumes_exactly(corpus, tmp_path)
     # Inductor draws its dropout masks its own way: the eager run agrees closely, not bit for bit.
     eager = run(corpus, tmp_path / "three", dataclasses.replace(p, compile=False), config)
     assert [r["loss"] for r in eager.history] == pytest.approx([r["loss"] for r in whole.history], rel=2e-2)
+
+
+def test_dvc_declares_the_library_paths_of_the_pretrain_stage(repo_root):
+    import yaml
+
+    from tinygpt import paths
+
+    stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["pretrain"]
+    assert stage["outs"] == [str(paths.PRETRAIN_DIR), str(paths.PRETRAIN_REPORTS)]
+    assert stage["metrics"] == [str(paths.metrics_file("pretrain"))]
+    assert stage["plots"] == [str(p) for p in (paths.PRETRAIN_STEPS_CSV, paths.PRETRAIN_EVAL_CSV,
+                                                paths.PRETRAIN_STEPS_PNG, paths.PRETRAIN_EVAL_PNG)]
+    assert {str(paths.TRAIN_BIN), str(paths.VAL_BIN), "src/tinygpt/train.py", "src/tinygpt/model.py"} <= set(stage["deps"])

@@ -58,9 +58,8 @@ def generate_cached(
     """Like `GPT.generate` at a temperature > 0 without top-k/top-p: rows that emit `eot_id` stop and are
     padded with it; the result is (batch, prompt_len + up to max_new_tokens)."""
     if prompts.size(1) + max_new_tokens > model.config.block_size:
-        raise ValueError(
-            f"{prompts.size(1)} prompt + {max_new_tokens} new tokens exceed the context of {model.config.block_size}"
-        )
+        raise ValueError(f"{prompts.size(1)} prompt + {max_new_tokens} new tokens exceed the context "
+                         f"of {model.config.block_size}")
     hidden, cache = forward_cached(model, prompts, None, 0)
     finished = torch.zeros(prompts.size(0), dtype=torch.bool, device=prompts.device)
     out = [prompts]

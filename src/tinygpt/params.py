@@ -235,6 +235,8 @@ class RlhfParams:
     cliprange: float = 0.2  # PPO's policy ratio clip
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
+    ptx_coef: float = 1.0  # weight of the language-modelling loss on the corpus (PPO-ptx); 0 = plain PPO
+    ptx_batch_size: int = 4  # corpus windows (of the model's context) per gradient step
     grad_clip: float = 1.0
     eval_samples_per_prompt: int = 2  # continuations per held-out prompt, before and after
     table_samples: int = 8  # rows of the before/after sample table
@@ -248,8 +250,9 @@ class RlhfParams:
             positive(f"rlhf.{key}", getattr(self, key))
         require(self.batch_size % self.minibatch_size == 0, "rlhf.minibatch_size",
                 f"a divisor of rlhf.batch_size = {self.batch_size}", self.minibatch_size)
-        for key in ("init_kl_coef", "vf_coef", "table_samples"):
+        for key in ("init_kl_coef", "vf_coef", "ptx_coef", "table_samples"):
             non_negative(f"rlhf.{key}", getattr(self, key))
+        positive("rlhf.ptx_batch_size", self.ptx_batch_size)
         for key in ("gamma", "lam"):
             unit_interval(f"rlhf.{key}", getattr(self, key))
         for key in ("cliprange", "cliprange_value"):

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from tinygpt import ppo
+from tinygpt.batches import RandomWindows
 from tinygpt.device import autocast
 from tinygpt.model import GPT
 from tinygpt.oracles import Oracle
@@ -119,7 +120,7 @@ def collect(
 
 def ppo_update(
     policy: PolicyWithValue, optimizer: torch.optim.Optimizer, experience: Experience, p: RlhfParams,
-    generator: torch.Generator, precision: str,
+    generator: torch.Generator, precision: str, pretrain: RandomWindows | None = None,
 ) -> dict[str, float]:
     """`ppo_epochs` passes of minibatch updates over one batch; returns the mean of each statistic.
 
@@ -129,28 +130,45 @@ def ppo_update(
     n = experience.sequences.size(0)
     for _ in range(p.ppo_epochs):
         for index in torch.randperm(n, generator=generator).split(p.minibatch_size):
-            stats = ppo_minibatch(policy, optimizer, experience.rows(index.to(experience.mask.device)), p, precision)
+            minibatch = experience.rows(index.to(experience.mask.device))
+            stats = ppo_minibatch(policy, optimizer, minibatch, p, precision, pretrain)
             for key, value in stats.items():
                 totals.setdefault(key, []).append(value)
     return {key: float(np.mean(values)) for key, values in totals.items()}
 
 
 def ppo_minibatch(
-    policy: PolicyWithValue, optimizer: torch.optim.Optimizer, mb: Experience, p: RlhfParams, precision: str
+    policy: PolicyWithValue, optimizer: torch.optim.Optimizer, mb: Experience, p: RlhfParams, precision: str,
+    pretrain: RandomWindows | None = None,
 ) -> dict[str, float]:
-    """One gradient step on the clipped policy loss plus vf_coef times the clipped value loss."""
+    """One gradient step on the clipped policy loss plus vf_coef times the clipped value loss, plus
+    ptx_coef times the language-modelling loss on a batch of the corpus when `pretrain` is given."""
     with autocast(mb.sequences.device, precision):
         logits, values = policy(mb.sequences, mb.prompt_len)
     logp = token_logprobs(logits, mb.sequences[:, mb.prompt_len :], p.temperature)
     pg_loss, pg_stats = ppo.policy_loss(logp, mb.logp, mb.advantages, mb.mask, p.cliprange)
     vf_loss, vf_stats = ppo.value_loss(values, mb.values, mb.returns, mb.mask, p.cliprange_value)
     loss = pg_loss + p.vf_coef * vf_loss
+    stats = {"policy_loss": pg_loss, "value_loss": vf_loss, **pg_stats, **vf_stats}
+    if pretrain is not None:
+        stats["ptx_loss"] = ptx_loss(policy.gpt, pretrain, precision)
+        loss = loss + p.ptx_coef * stats["ptx_loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), p.grad_clip)  # frozen weights have no grad
     optimizer.step()
-    stats = {"policy_loss": pg_loss, "value_loss": vf_loss, "grad_norm": grad_norm, **pg_stats, **vf_stats}
+    stats["grad_norm"] = grad_norm
     return {key: float(value.detach()) for key, value in stats.items()}
+
+
+def ptx_loss(model: GPT, pretrain: RandomWindows, precision: str) -> torch.Tensor:
+    """Next-token loss on random windows of the corpus: InstructGPT's PPO-ptx term, which keeps the
+    policy a language model of the corpus while PPO pulls it toward the reward."""
+    device = next(model.parameters()).device
+    x, y = (t.to(device) for t in pretrain.next_batch())
+    with autocast(device, precision):
+        _, loss = model(x, y)
+    return loss
 
 
 def kl_controller(p: RlhfParams) -> ppo.AdaptiveKLController | ppo.FixedKLController:
@@ -171,10 +189,13 @@ def prompt_batches(n_prompts: int, batch_size: int, rng: np.random.Generator) ->
 
 def train_ppo(
     policy: PolicyWithValue, ref: GPT, reward_model: RewardModel, prompts: np.ndarray, p: RlhfParams,
-    max_new_tokens: int, oracle: Oracle, precision: str,
+    max_new_tokens: int, oracle: Oracle, precision: str, corpus: np.ndarray | None = None,
     on_step: Callable[[int, dict], None] = lambda step, metrics: None,
 ) -> list[dict]:
-    """`p.steps` PPO steps on rollouts of `prompts` (n, prompt_len); returns one row of metrics per step."""
+    """`p.steps` PPO steps on rollouts of `prompts` (n, prompt_len); returns one row of metrics per step.
+
+    With `corpus` (train-split tokens) and p.ptx_coef > 0, every update also fits the corpus (PPO-ptx).
+    """
     device = next(policy.parameters()).device
     policy.eval()  # no dropout anywhere in PPO (see ppo_update)
     torch.manual_seed(p.seed)
@@ -185,13 +206,16 @@ def train_ppo(
     optimizer = torch.optim.Adam([w for w in policy.parameters() if w.requires_grad], lr=p.learning_rate)
     controller = kl_controller(p)
     batches = prompt_batches(len(prompts), p.batch_size, np.random.default_rng(p.seed))
+    pretrain = None
+    if corpus is not None and p.ptx_coef > 0:
+        pretrain = RandomWindows(corpus, policy.gpt.config.block_size, p.ptx_batch_size, p.seed)
     history = []
     for step in range(p.steps):
         batch = torch.as_tensor(prompts[next(batches)], device=device)
         experience, stats = collect(
             policy, ref, reward_model, batch, p, max_new_tokens, controller.value, oracle, generator, precision
         )
-        stats.update(ppo_update(policy, optimizer, experience, p, shuffler, precision))
+        stats.update(ppo_update(policy, optimizer, experience, p, shuffler, precision, pretrain))
         controller.update(stats["kl"], p.batch_size)
         history.append({"step": step, **stats})
         on_step(step, stats)

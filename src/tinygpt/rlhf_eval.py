@@ -3,19 +3,26 @@ oracle ("gold") score, reward-model ("proxy") score, KL to the reference, and a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
+from tinygpt import io, paths
 from tinygpt.device import autocast
+from tinygpt.evaluate import write_figure
 from tinygpt.likelihood import split_nll
 from tinygpt.model import GPT
 from tinygpt.oracles import Oracle
 from tinygpt.params import RlhfParams
 from tinygpt.reward_model import RewardModel
+from tinygpt.rlhf_plots import proxy_vs_gold_figure, write_curves
 from tinygpt.rollout import rollout_logprobs, sample
 from tinygpt.tokenizer import decode
+
+CURVES = ["reward_model_score", "gold_score", "kl", "beta", "entropy", "policy_loss", "value_loss",
+          "clip_fraction", "approx_kl", "explained_variance", "ptx_loss", "response_tokens"]
 
 
 @dataclass
@@ -62,17 +69,29 @@ def held_out(
     )
 
 
-def evaluate(
-    model: GPT, ref: GPT, reward_model: RewardModel, prompts: torch.Tensor, val_tokens: np.ndarray,
-    p: RlhfParams, max_new_tokens: int, oracle: Oracle, precision: str,
-) -> tuple[HeldOut, dict[str, float]]:
+@dataclass
+class EvalTask:
+    """What the before/after evaluation holds fixed: prompts, seed, scorers and the val split."""
+
+    reward_model: RewardModel
+    prompts: torch.Tensor  # (n, prompt_len) held-out prompts
+    val_tokens: np.ndarray
+    p: RlhfParams
+    max_new_tokens: int
+    oracle: Oracle
+    precision: str
+
+
+def evaluate(model: GPT, ref: GPT, task: EvalTask) -> tuple[HeldOut, dict[str, float]]:
     """Held-out continuations and their scores, plus the model's perplexity on the whole val split."""
+    p = task.p
     result = held_out(
-        model, ref, reward_model, prompts, p.eval_samples_per_prompt, max_new_tokens, p.temperature, p.seed,
-        oracle, precision, p.batch_size,
+        model, ref, task.reward_model, task.prompts, p.eval_samples_per_prompt, task.max_new_tokens,
+        p.temperature, p.seed, task.oracle, task.precision, p.batch_size,
     )
     context = model.config.block_size  # non-overlapping windows: the same for the model before and after
-    nll = split_nll(model, val_tokens, context, context, batch_size=16, device=prompts.device, precision=precision)
+    nll = split_nll(model, task.val_tokens, context, context, batch_size=16, device=task.prompts.device,
+                    precision=task.precision)
     return result, {**result.metrics(), "val_loss": nll.mean_nll, "val_perplexity": nll.perplexity}
 
 
@@ -108,3 +127,14 @@ def samples_markdown(table: pd.DataFrame, oracle: Oracle, seed: int) -> str:
         + shown.to_markdown(index=False, floatfmt=".3f")
         + "\n"
     )
+
+
+def write_outputs(history: list[dict], before: HeldOut, after: HeldOut, task: EvalTask) -> list[Path]:
+    """The step curves (CSV + PNG), the proxy-vs-gold figure and the sample table; returns the folders."""
+    curves = [c for c in CURVES if c in history[0]]  # ptx_loss only with PPO-ptx
+    table = write_curves(history, paths.RLHF_STEPS_CSV, paths.RLHF_STEPS_PNG, curves, "PPO training")
+    write_figure(proxy_vs_gold_figure(table, task.oracle.name), paths.RLHF_PROXY_GOLD_PNG)
+    prompts = task.prompts.cpu().numpy()
+    samples = samples_table(prompts, before, after, task.p.eval_samples_per_prompt, task.p.table_samples)
+    io.write_text(paths.RLHF_SAMPLES_MD, samples_markdown(samples, task.oracle, task.p.seed))
+    return [paths.RLHF_PLOTS, paths.RLHF_REPORTS]

@@ -59,7 +59,9 @@ def proxy_vs_gold_figure(history: pd.DataFrame, oracle_name: str):
     return fig
 
 
-def write_curves(history: list[dict], csv_path: Path, png_path: Path, columns: list[str], title: str) -> pd.DataFrame:
+def write_curves(
+    history: list[dict], csv_path: Path, png_path: Path, columns: list[str], title: str
+) -> pd.DataFrame:
     """The per-step metrics as CSV (for `dvc plots`) and as a PNG of panels; returns the table."""
     table = pd.DataFrame(history)
     io.write_text(csv_path, table.to_csv(index=False, float_format="%.6g"))
