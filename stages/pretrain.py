@@ -3,8 +3,9 @@ In: data/split/train.bin, val.bin. Out: models/pretrain/, metrics/pretrain.json,
 reports/pretrain/ (samples). Checkpoints: .cache/pretrain/<config hash>/."""
 import time
 
-from tinygpt import io, params, paths, pretrain_outputs, tracking, weights
+from tinygpt import data, io, params, paths, pretrain_outputs, tracking, weights
 from tinygpt.cli import run_stage
+from tinygpt.device import resolve_precision
 from tinygpt.train import train
 
 
@@ -15,18 +16,23 @@ def main() -> None:
     with tracking.stage_run("pretrain", flat, p.tracking.experiment) as run:
         result = train(p.model, p.train, paths.TRAIN_BIN, paths.VAL_BIN, paths.PRETRAIN_CACHE, on_step=run.log_step)
         weights.save_model(result.model, paths.PRETRAIN_DIR)
+        device = next(result.model.parameters()).device
+        whole_val = pretrain_outputs.whole_split(result.model, data.read_tokens(paths.VAL_BIN),
+                                                 io.read_json(paths.SPLIT_META)["val"]["bytes"], device,
+                                                 resolve_precision(p.train.precision, device))
         written = pretrain_outputs.write_plots(result)
         written += pretrain_outputs.write_samples(pretrain_outputs.samples(result, p.train), p.train)
         run.log_artifact(paths.PRETRAIN_DIR, "model")
         run.set_tags({"checkpoint_dir": result.checkpoint_dir, "resumed_from_step": result.resumed_from})
-        metrics = {**result.metrics, "resumed_from_step": result.resumed_from,
+        metrics = {**result.metrics, "whole_val": whole_val, "resumed_from_step": result.resumed_from,
                    "wall_time_s": time.perf_counter() - started}
         metrics = run.finish(metrics, artifacts=written)
         io.write_json(paths.metrics_file("pretrain"), metrics)
         final = result.metrics["final"]
-        print(f"pretrain: {result.metrics['steps']} steps, val loss {final['val_loss']:.4f} "
-              f"(perplexity {final['val_perplexity']:.1f}) on the fixed batches, "
-              f"{result.metrics['tokens_per_s']:.0f} tokens/s, {metrics['wall_time_s']:.0f} s")
+        print(f"pretrain: {result.metrics['steps']} steps, val loss {whole_val['loss']:.4f} (perplexity "
+              f"{whole_val['perplexity']:.1f}, {whole_val['bits_per_byte']:.3f} bits/byte) on the whole val split, "
+              f"{final['val_loss']:.4f} on the fixed batches; {result.metrics['tokens_per_s']:.0f} tokens/s, "
+              f"{metrics['wall_time_s']:.0f} s, peak RSS {result.metrics['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -179,6 +179,8 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     ids = np.asarray(tokenizer.encode(shakespeare_path.read_text()[:12000]))
     data.write_tokens(tmp_path / "data/split/train.bin", ids[:3000])
     data.write_tokens(tmp_path / "data/split/val.bin", ids[3000:])
+    val_bytes = len(tokenizer.gpt2_encoding().decode(ids[3000:].tolist()).encode())
+    (tmp_path / "data/split/split.json").write_text(json.dumps({"val": {"bytes": val_bytes}}))
     params = {
         "tracking": {"experiment": "test-pretrain"},
         "model": {"vocab_size": 50257, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
@@ -195,6 +197,11 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     assert metrics["params"]["total"] == 50257 * 16 + 32 * 16 + metrics["params"]["non_embedding"]
     assert metrics["final"]["val_loss"] < math.log(50257) and metrics["best"]["val_loss"] <= metrics["final"]["val_loss"]
     assert metrics["precision"] == "fp32" and metrics["peak_rss_mib"] > 0 and metrics["wall_time_s"] > 0
+    whole = metrics["whole_val"]  # every val token after the first, in windows of the 32-token context
+    assert whole["tokens"] == len(ids) - 3000 - 1 and whole["bytes"] == val_bytes
+    assert whole["perplexity"] == pytest.approx(math.exp(whole["loss"]))
+    assert whole["bits_per_byte"] == pytest.approx(whole["loss"] * whole["tokens"] / (math.log(2) * val_bytes))
+    assert abs(whole["loss"] - metrics["final"]["val_loss"]) < 0.5  # the fixed batches sample the same split
     steps = (tmp_path / "plots/pretrain/steps.csv").read_text().splitlines()
     assert steps[0] == "step,loss,lr,grad_norm,tokens_seen,tokens_per_s" and len(steps) == 7
     evals = (tmp_path / "plots/pretrain/eval.csv").read_text().splitlines()

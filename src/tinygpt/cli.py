@@ -8,11 +8,13 @@ from typing import Callable
 
 import tinygpt
 from tinygpt import params
+from tinygpt.allocator import keep_freed_memory
 from tinygpt.errors import TinyGptError
 
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); a fixable error prints as one line on stderr and exits with status 1."""
+    keep_freed_memory()  # every stage allocates and frees large tensors in a loop (see tinygpt.allocator)
     try:
         main()
     except (TinyGptError, FileNotFoundError) as err:

@@ -170,7 +170,7 @@ class PreferencesParams:
     min_margin: float = 0.0  # pairs whose oracle scores differ by no more than this are ties, dropped
     prompt_tokens: int = 8
     continuation_tokens: int = 24  # also the length of PPO's responses, so the reward model sees the same
-    train_prompts: int = 384  # from the train split: reward-model pairs and PPO's rollout prompts
+    train_prompts: int = 768  # from the train split: reward-model pairs and PPO's rollout prompts
     val_prompts: int = 128  # from the val split: held-out pairs and the before/after evaluation
     samples_per_prompt: int = 4  # every two of a prompt's samples form a pair
     temperature: float = 1.0
@@ -196,9 +196,9 @@ class PreferencesParams:
 class RewardParams:
     """Reward model: the pretrained transformer plus a scalar head, trained on the pairs (Bradley-Terry)."""
 
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4
     weight_decay: float = 0.0
-    epochs: int = 2
+    epochs: int = 1
     batch_size: int = 16  # pairs per step
     warmup_steps: int = 10  # then linear decay to zero
     grad_clip: float = 1.0
@@ -219,24 +219,24 @@ class RewardParams:
 class RlhfParams:
     """PPO against the reward model with a per-token KL penalty to the frozen pretrained model."""
 
-    steps: int = 60  # rollout batches
+    steps: int = 80  # rollout batches
     batch_size: int = 32  # rollouts per step
     minibatch_size: int = 16
-    ppo_epochs: int = 4  # passes over each rollout batch
+    ppo_epochs: int = 2  # passes over each rollout batch
     temperature: float = 1.0  # sampling and log-prob temperature of the rollouts
-    learning_rate: float = 2e-5
+    learning_rate: float = 2e-4
     train_embeddings: bool = False  # the tied token embedding / LM head and the positions stay frozen
     adaptive_kl: bool = True  # adapt beta toward target_kl (TRL's AdaptiveKLController); else fixed
     init_kl_coef: float = 0.05  # beta at the start
     target_kl: float = 4.0  # nats per sequence
-    kl_horizon: int = 2000  # rollouts over which beta may change by about 20%
+    kl_horizon: int = 500  # rollouts over which beta may change by about 20%
     gamma: float = 1.0
     lam: float = 0.95  # GAE lambda
     cliprange: float = 0.2  # PPO's policy ratio clip
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
-    ptx_coef: float = 1.0  # weight of the language-modelling loss on the corpus (PPO-ptx); 0 = plain PPO
-    ptx_batch_size: int = 4  # corpus windows (of the model's context) per gradient step
+    ptx_coef: float = 0.5  # weight of the language-modelling loss on the corpus (PPO-ptx); 0 = plain PPO
+    ptx_batch_size: int = 16  # corpus windows (of the model's context) per gradient step
     grad_clip: float = 1.0
     eval_samples_per_prompt: int = 2  # continuations per held-out prompt, before and after
     table_samples: int = 8  # rows of the before/after sample table

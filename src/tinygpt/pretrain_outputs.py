@@ -1,18 +1,30 @@
-"""What the pretrain stage writes besides the weights: the curves (CSV for `dvc plots`, PNG figures)
-and samples from fixed prompts."""
+"""What the pretrain stage writes besides the weights: the loss on the whole val split, the curves
+(CSV for `dvc plots`, PNG figures) and samples from fixed prompts."""
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tinygpt import inspection, io, paths
+from tinygpt.evaluate import likelihood_metrics
+from tinygpt.likelihood import split_nll
 from tinygpt.params import TrainParams
 from tinygpt.rlhf_plots import write_curves
 from tinygpt.train import TrainResult
 
 STEP_COLUMNS = ["loss", "lr", "grad_norm", "tokens_per_s"]
 EVAL_COLUMNS = ["train_loss", "val_loss", "train_perplexity", "val_perplexity"]
+
+
+def whole_split(model: torch.nn.Module, tokens: np.ndarray, n_bytes: int, device: torch.device, precision: str,
+                batch_size: int = 32) -> dict:
+    """Loss, perplexity and bits per byte over every token of a split, in non-overlapping windows of the
+    model's context: the fixed evaluation batches cover ~10% of the val split and are only a trend; this
+    is the number to compare runs by (the evaluate stage adds overlapping windows and calibration)."""
+    context = model.config.block_size
+    return likelihood_metrics(split_nll(model, tokens, context, context, batch_size, device, precision), n_bytes)
 
 
 def write_plots(result: TrainResult, plots_dir: Path = paths.PRETRAIN_PLOTS) -> list[Path]:

@@ -23,7 +23,9 @@ STAGES = ("download", "tokenize", "split", "pretrain", "evaluate", "compare", "p
 HEADLINES: tuple[tuple[str, str, str], ...] = (
     ("split/train_tokens", "split", "train.tokens"),
     ("split/val_tokens", "split", "val.tokens"),
-    ("pretrain/val_loss", "pretrain", "final.val_loss"),
+    ("pretrain/val_loss", "pretrain", "whole_val.loss"),  # every val token, not the fixed batches
+    ("pretrain/val_bits_per_byte", "pretrain", "whole_val.bits_per_byte"),
+    ("pretrain/fixed_batches_val_loss", "pretrain", "final.val_loss"),
     ("pretrain/best_val_loss", "pretrain", "best.val_loss"),
     ("pretrain/tokens_seen", "pretrain", "tokens_seen"),
     ("pretrain/tokens_per_s", "pretrain", "tokens_per_s"),
