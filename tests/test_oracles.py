@@ -16,6 +16,17 @@ def test_brevity_counts_tokens_before_end_of_text():
     assert brevity_score([5, 6, 7, 8]) == -4.0  # never ended: the whole length
 
 
+def test_brevity_ends_a_reply_at_a_blank_line_however_it_is_tokenized():
+    from tinygpt.tokenizer import encode
+
+    speech = encode("ROMEO:\nI love thee.")  # 5+ tokens, no blank line
+    assert brevity_score(speech + encode("\n\n") + encode("JULIET:\nAy.")) == -float(len(speech))
+    newline = encode("\n")
+    assert len(newline) == 1  # two single newlines are two tokens; the second completes the blank line
+    assert brevity_score(speech + newline + newline + [EOT_ID]) == -float(len(speech) + 1)
+    assert brevity_score(speech + [EOT_ID] + encode("\n\n")) == -float(len(speech))  # end-of-text first
+
+
 def test_keyword_matches_whole_words_in_any_case():
     assert keyword_score("My LOVE is true", "love") == 1.0
     assert keyword_score("she is lovely", "love") == 0.0

@@ -11,6 +11,8 @@ import pytest
 
 from test_pipeline_data import copy_project, dvc, set_params
 
+from tinygpt import params
+
 # A pipeline small enough to run in a minute or two on a laptop CPU.
 TINY = {
     "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32},
@@ -20,8 +22,10 @@ TINY = {
              "sample_max_new_tokens": 4, "temperature_max_iter": 3},
     "compare": {"pretrained": "missing-gpt2-dir/", "allow_download": False, "fidelity_tokens": 256,
                 "speed_batch_size": 1, "speed_repeats": 1, "speed_warmup": 0, "speed_pretrained": False},
-    "preferences": {"train_prompts": 8, "val_prompts": 4, "samples_per_prompt": 2, "prompt_tokens": 4,
-                    "continuation_tokens": 4, "batch_size": 8},
+    # Enough continuations that some carry a VADER word: a 6-step model samples nearly at random, and a
+    # split whose pairs all tie is (rightly) an error.
+    "preferences": {"train_prompts": 8, "val_prompts": 8, "samples_per_prompt": 4, "prompt_tokens": 4,
+                    "continuation_tokens": 11, "batch_size": 16},
     "reward": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
     "rlhf": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "eval_samples_per_prompt": 1,
              "table_samples": 2},
@@ -67,6 +71,7 @@ def stage_run_ids(project):
 def test_experiments_make_one_pipeline_run_each(tiny_project):
     project = tiny_project
     client = store(project)
+    default_lr = str(params.load_sections("train", path=project / "params.yaml").train.learning_rate)
 
     dvc(project, "exp", "run", "-n", "exp-a")
     first = read_json(project, "metrics/report.json")
@@ -80,7 +85,7 @@ def test_experiments_make_one_pipeline_run_each(tiny_project):
     pipelines = runs_of(client, "tinygpt-pipeline")
     assert {r.info.run_id for r in pipelines} == {first["pipeline_run_id"], second["pipeline_run_id"]}
     run_a, run_b = (client.get_run(x["pipeline_run_id"]) for x in (first, second))
-    assert run_a.data.params["train.learning_rate"] == "0.002" and run_b.data.params["train.learning_rate"] == "0.01"
+    assert run_a.data.params["train.learning_rate"] == default_lr and run_b.data.params["train.learning_rate"] == "0.01"
     assert run_a.data.metrics["pretrain/val_loss"] != run_b.data.metrics["pretrain/val_loss"]
     for run, links in ((run_a, first_links), (run_b, second_links)):
         assert {k[len("stage_run."):]: v for k, v in run.data.tags.items() if k.startswith("stage_run.")} == links
@@ -90,7 +95,7 @@ def test_experiments_make_one_pipeline_run_each(tiny_project):
 
     # Back to the first learning rate: every stage comes back from DVC's run-cache, nothing runs or logs,
     # and the restored metrics still name the stage runs and the pipeline run of exp-a.
-    out = dvc(project, "exp", "run", "-n", "exp-c", "-S", "train.learning_rate=0.002")
+    out = dvc(project, "exp", "run", "-n", "exp-c", "-S", f"train.learning_rate={default_lr}")
     assert "Running stage" not in out.stdout
     assert read_json(project, "metrics/report.json")["pipeline_run_id"] == first["pipeline_run_id"]
     assert stage_run_ids(project) == first_links

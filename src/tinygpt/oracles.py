@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from tinygpt.tokenizer import EOT_ID
+from tinygpt.tokenizer import EOT_ID, decode
 
 ORACLES = ("sentiment", "brevity", "keyword")
 
@@ -30,9 +30,20 @@ def sentiment_score(text: str) -> float:
 
 
 def brevity_score(ids: Sequence[int], eot_id: int = EOT_ID) -> float:
-    """Minus the number of tokens before the first end-of-text: shorter continuations score higher."""
+    """Minus the number of tokens before the reply ends: shorter continuations score higher.
+
+    A reply ends at the first end-of-text or at the first blank line, the end of a speech in a play
+    script. Tiny Shakespeare contains no end-of-text, so a model trained on it never emits one; with
+    end-of-text alone every continuation would be full length and every pair a tie. The blank line is
+    found in the decoded text, so it counts however the tokenizer split the newlines."""
     ids = list(ids)
-    return -float(ids.index(eot_id) if eot_id in ids else len(ids))
+    end = ids.index(eot_id) if eot_id in ids else len(ids)
+    text = ""
+    for position, token in enumerate(ids[:end]):
+        text += decode([token])
+        if "\n\n" in text:
+            return -float(position)  # the tokens before the one that completed the blank line
+    return -float(end)
 
 
 def keyword_score(text: str, keyword: str) -> float:
