@@ -27,6 +27,14 @@ class Interrupted(Exception):
     pass
 
 
+def crash_at(crash_step: int):
+    """A step callback that interrupts training right after optimizer step `crash_step` is logged."""
+    def on_step(step, metrics):
+        if step == crash_step and "loss" in metrics:
+            raise Interrupted
+    return on_step
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models spend their time in thread synchronisation; one thread is faster and steadier when
@@ -93,12 +101,8 @@ def test_resume_after_interruption_gives_identical_weights(corpus, tmp_path):
     config = dataclasses.replace(TINY, dropout=0.1)
     uninterrupted = run(corpus, tmp_path / "one", p, config)
 
-    def crash_at_13(step, metrics):
-        if step == 13 and "loss" in metrics:
-            raise Interrupted
-
     with pytest.raises(Interrupted):
-        run(corpus, tmp_path / "two", p, config, on_step=crash_at_13)
+        run(corpus, tmp_path / "two", p, config, on_step=crash_at(13))
     saved = torch.load(next((tmp_path / "two").glob(f"*/{CHECKPOINT_FILE}")), weights_only=True)
     assert saved["step"] == 10  # steps 11-13 were lost and are redone
     logged = []
@@ -237,12 +241,8 @@ def test_compiled_training_is_reproducible_and_resumes_exactly(corpus, tmp_path)
     config = dataclasses.replace(TINY, n_layer=1, dropout=0.1)
     whole = run(corpus, tmp_path / "one", p, config)
 
-    def crash_at_5(step, metrics):
-        if step == 5 and "loss" in metrics:
-            raise Interrupted
-
     with pytest.raises(Interrupted):
-        run(corpus, tmp_path / "two", p, config, on_step=crash_at_5)
+        run(corpus, tmp_path / "two", p, config, on_step=crash_at(5))
     resumed = run(corpus, tmp_path / "two", p, config)
     assert resumed.resumed_from == 3
     assert_same_weights(weights(whole), weights(resumed))
