@@ -201,6 +201,9 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     assert metrics["params"]["total"] == 50257 * 16 + 32 * 16 + metrics["params"]["non_embedding"]
     assert metrics["final"]["val_loss"] < math.log(50257) and metrics["best"]["val_loss"] <= metrics["final"]["val_loss"]
     assert metrics["precision"] == "fp32" and metrics["peak_rss_mib"] > 0 and metrics["wall_time_s"] > 0
+    seen = len(np.unique(ids[:3000]))  # train.shortlist_vocab is on by default
+    assert metrics["vocabulary"] == {"shortlist": True, "softmax_rows": seen + 1, "seen_tokens": seen,
+                                     "unseen_tokens": 50257 - seen, "unseen_smoothing": 0.0}
     whole = metrics["whole_val"]  # every val token after the first, in windows of the 32-token context
     assert whole["tokens"] == len(ids) - 3000 - 1 and whole["bytes"] == val_bytes
     assert whole["perplexity"] == pytest.approx(math.exp(whole["loss"]))

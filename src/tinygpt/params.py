@@ -124,6 +124,8 @@ class TrainParams:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    shortlist_vocab: bool = True  # tokens absent from train.bin share one row; exact softmax over the rest
+    unseen_smoothing: float = 0.0  # with shortlist_vocab: target mass moved to "a token never seen in training"
     eval_interval: int = 250  # steps between estimates of train/val loss on the fixed batches
     eval_batches: int = 4  # fixed batches per split in each estimate
     checkpoint_interval: int = 250  # steps between checkpoints (.cache/pretrain/<config hash>/)
@@ -150,6 +152,10 @@ class TrainParams:
         for key in ("beta1", "beta2"):
             require(0 <= getattr(self, key) < 1, f"train.{key}", "a number in [0, 1)", getattr(self, key))
         non_negative("train.grad_clip", self.grad_clip)
+        require(0 <= self.unseen_smoothing < 1, "train.unseen_smoothing", "a number in [0, 1)", self.unseen_smoothing)
+        require(self.shortlist_vocab or self.unseen_smoothing == 0, "train.unseen_smoothing",
+                "0 unless train.shortlist_vocab is true (the smoothing targets the shared unseen row)",
+                self.unseen_smoothing)
         one_of("train.device", self.device, RLHF_DEVICES)
         one_of("train.precision", self.precision, RLHF_PRECISIONS)
         non_negative("train.threads", self.threads)

@@ -32,6 +32,7 @@ from tinygpt.errors import TinyGptError
 from tinygpt.model import GPT
 from tinygpt.optim import build_optimizer, build_schedule
 from tinygpt.params import TrainParams
+from tinygpt.shortlist import ShortlistGPT, TrainVocabulary
 
 StepCallback = Callable[[int, dict], None]  # (step, metrics) -> None, e.g. StageRun.log_step
 
@@ -44,7 +45,7 @@ class NonFiniteLossError(TinyGptError):
 class TrainState:
     """Everything a checkpoint holds: with it, training continues exactly as if never stopped."""
 
-    model: GPT
+    model: GPT | ShortlistGPT
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
     sampler: RandomWindows
@@ -107,7 +108,7 @@ def backward(loss: torch.Tensor, grad_accum_steps: int) -> None:
     (loss / grad_accum_steps).backward()
 
 
-def clip(model: GPT, max_norm: float) -> float:
+def clip(model: torch.nn.Module, max_norm: float) -> float:
     """The global gradient norm before clipping (clipping only when max_norm > 0)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else math.inf)
     return float(norm)
@@ -185,9 +186,20 @@ def evaluate(state: TrainState, eval_sets: dict[str, list], device: torch.device
 # ---------------------------------------------------------------- the loop
 
 
+def build_model(config: GPTConfig, p: TrainParams, train_tokens: np.ndarray) -> GPT | ShortlistGPT:
+    """The model the loop trains: the GPT itself, or its exact compact form over the training vocabulary."""
+    if not p.shortlist_vocab:
+        return GPT(config)
+    return ShortlistGPT(config, TrainVocabulary.of(train_tokens, config.vocab_size), p.unseen_smoothing)
+
+
+def full_model(model: GPT | ShortlistGPT) -> GPT:
+    return model.to_full() if isinstance(model, ShortlistGPT) else model
+
+
 def init_state(config: GPTConfig, p: TrainParams, train_tokens: np.ndarray, device: torch.device) -> TrainState:
     torch.manual_seed(p.seed)  # initial weights, then dropout
-    model = GPT(config).to(device)
+    model = build_model(config, p, train_tokens).to(device)
     model.train()
     optimizer = build_optimizer(model, p, device)
     return TrainState(
@@ -279,7 +291,7 @@ def train(config: GPTConfig, p: TrainParams, train_path: Path, val_path: Path, c
             bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
     bar.close()
     metrics = summary(state, session.device, session.precision)
-    return TrainResult(state.model, state.history, state.evals, metrics, session.checkpoints.path, resumed_from)
+    return TrainResult(full_model(state.model), state.history, state.evals, metrics, session.checkpoints.path, resumed_from)
 
 
 def record_eval(state: TrainState, row: dict, on_step: StepCallback | None) -> None:
@@ -319,4 +331,13 @@ def summary(state: TrainState, device: torch.device, precision: str) -> dict:
         "peak_rss_mib": peak_rss_mib(),
         "device": device.type,
         "precision": precision,
+        "vocabulary": vocabulary_summary(state.model),
     }
+
+
+def vocabulary_summary(model: GPT | ShortlistGPT) -> dict:
+    """How many rows the softmax was computed over in training (all of them without the shortlist)."""
+    if not isinstance(model, ShortlistGPT):
+        return {"shortlist": False, "softmax_rows": model.config.vocab_size}
+    return {"shortlist": True, "softmax_rows": model.vocab.compact_size, "seen_tokens": len(model.vocab.seen),
+            "unseen_tokens": model.vocab.n_unseen, "unseen_smoothing": model.unseen_smoothing}

@@ -1,0 +1,142 @@
+"""The compact training vocabulary is exact: its losses are the full GPT-2's, token for token, and its
+expansion is an ordinary GPT whose unseen tokens share one row."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tinygpt import data
+from tinygpt.config import GPTConfig
+from tinygpt.params import ParamsError, TrainParams
+from tinygpt.shortlist import ShortlistGPT, TrainVocabulary, good_turing_unseen_mass
+from tinygpt.train import train
+
+CONFIG = GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+TRAIN_IDS = np.random.default_rng(0).integers(0, 120, 4000)  # ids 120..299 never occur in training
+
+
+@pytest.fixture
+def compact():
+    torch.manual_seed(0)
+    return ShortlistGPT(CONFIG, TrainVocabulary.of(TRAIN_IDS, 300)).eval()
+
+
+def batch_with_unseen_tokens():
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 300, (3, 16), generator=gen), torch.randint(0, 300, (3, 16), generator=gen)
+    y[0, :4] = -1  # ignored positions
+    return x, y
+
+
+def test_vocabulary_maps_seen_tokens_in_order_and_unseen_ones_to_the_shared_row():
+    vocab = TrainVocabulary.of(np.array([5, 2, 5, 9]), 12)
+    assert vocab.seen.tolist() == [2, 5, 9] and vocab.n_unseen == 9 and vocab.compact_size == 4
+    assert vocab.compact_ids().tolist() == [3, 3, 0, 3, 3, 1, 3, 3, 3, 2, 3, 3]
+    everything = TrainVocabulary.of(np.arange(12), 12)
+    assert everything.n_unseen == 0 and everything.compact_size == 12
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        TrainVocabulary.of(np.array([1, 12]), 12)
+
+
+def test_good_turing_mass_is_the_fraction_of_tokens_seen_once():
+    assert good_turing_unseen_mass(np.array([1, 1, 2, 3, 4, 4, 4, 5])) == pytest.approx(3 / 8)
+
+
+def test_compact_loss_equals_the_full_models_loss(compact):
+    x, y = batch_with_unseen_tokens()
+    full = compact.to_full().eval()
+    assert full.transformer.wte.weight.shape == (300, 32)
+    _, compact_loss = compact(x, y)
+    _, full_loss = full(x, y)
+    assert compact_loss.item() == pytest.approx(full_loss.item(), rel=1e-6)
+
+
+def test_compact_log_probabilities_are_the_full_ones(compact):
+    x, _ = batch_with_unseen_tokens()
+    compact_logits, _ = compact(x)
+    full_logits, _ = compact.to_full().eval()(x)
+    compact_lp, full_lp = compact_logits.log_softmax(-1), full_logits.log_softmax(-1)
+    seen = torch.from_numpy(compact.vocab.seen)
+    torch.testing.assert_close(full_lp[..., seen], compact_lp[..., :-1], atol=1e-5, rtol=1e-5)
+    # Every unseen token has the same probability: the class's, shared by 180 tokens.
+    unseen = torch.arange(120, 300)
+    expected = (compact_lp[..., -1] - math.log(180))[..., None].expand(-1, -1, 180)
+    torch.testing.assert_close(full_lp[..., unseen], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_expansion_gives_every_unseen_token_the_shared_row(compact):
+    wte = compact.to_full().transformer.wte.weight
+    shared = compact.gpt.transformer.wte.weight[-1]
+    assert all(torch.equal(wte[i], shared) for i in range(120, 300))
+    assert torch.equal(wte[:120], compact.gpt.transformer.wte.weight[:120])
+    assert compact.param_counts().total == compact.to_full().param_counts().total
+
+
+def test_unseen_smoothing_moves_target_mass_to_the_unseen_class_in_training_only():
+    torch.manual_seed(0)
+    smoothed = ShortlistGPT(CONFIG, TrainVocabulary.of(TRAIN_IDS, 300), unseen_smoothing=0.1)
+    x, y = batch_with_unseen_tokens()
+    y = y.clamp(min=0) % 120  # seen targets only, as in training
+    smoothed.eval()
+    logits, nll = smoothed(x, y)
+    class_nll = -logits.float().log_softmax(-1)[..., -1].mean()
+    smoothed.train()
+    _, objective = smoothed(x, y)
+    assert objective.item() == pytest.approx(0.9 * nll.item() + 0.1 * class_nll.item(), rel=1e-5)
+
+
+def test_training_with_the_shortlist_matches_full_vocabulary_training_in_loss(tmp_path):
+    """Same data, both parameterisations learn; the shortlist's unseen rows stay identical."""
+    train_path, val_path = tmp_path / "train.bin", tmp_path / "val.bin"
+    cycle = np.random.default_rng(0).permutation(48)  # 48 of 64 ids occur in training
+    data.write_tokens(train_path, np.tile(cycle, 10))
+    data.write_tokens(val_path, np.tile(cycle, 2))
+    config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+    p = TrainParams(max_steps=100, batch_size=8, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=50,
+                    eval_batches=2, checkpoint_interval=100, device="cpu", precision="fp32", compile=False)
+    short = train(config, p, train_path, val_path, tmp_path / "a")
+    full = train(config, dataclasses.replace(p, shortlist_vocab=False), train_path, val_path, tmp_path / "b")
+    assert short.evals[0]["val_loss"] == pytest.approx(math.log(64), abs=0.1)
+    assert short.evals[-1]["val_loss"] < 0.1 and full.evals[-1]["val_loss"] < 0.1
+    unused = sorted(set(range(64)) - set(cycle.tolist()))
+    rows = short.model.transformer.wte.weight[unused]
+    assert torch.equal(rows, rows[:1].expand_as(rows))
+    assert short.model.config.vocab_size == 64  # the expanded GPT, ready to save
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"unseen_smoothing": 1.0}, "train.unseen_smoothing"),
+    ({"unseen_smoothing": -0.1}, "train.unseen_smoothing"),
+    ({"shortlist_vocab": False, "unseen_smoothing": 0.01}, "train.unseen_smoothing"),
+])
+def test_bad_shortlist_params_name_the_key(changes, key):
+    with pytest.raises(ParamsError, match=key):
+        dataclasses.replace(TrainParams(), **changes).validate()
+
+
+def test_training_steps_follow_the_full_gpt_whose_unseen_rows_start_equal():
+    """AdamW with clipping on the compact model = the same on its expansion, step for step (up to float
+    rounding, which AdamW's first steps magnify for near-zero gradients: a fraction of one step, lr)."""
+    from tinygpt.optim import build_optimizer
+
+    torch.manual_seed(0)
+    compact = ShortlistGPT(CONFIG, TrainVocabulary.of(TRAIN_IDS, 300)).train()
+    full = compact.to_full().train()
+    p = TrainParams(learning_rate=3e-3, weight_decay=0.1, grad_clip=0.5)
+    optimizers = [build_optimizer(m, p, torch.device("cpu")) for m in (compact, full)]
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        x = torch.from_numpy(TRAIN_IDS[torch.randint(0, 3000, (4,), generator=gen).numpy()[:, None] + np.arange(17)])
+        norms, losses = [], []
+        for model, optimizer in zip((compact, full), optimizers):
+            _, loss = model(x[:, :-1], x[:, 1:])
+            loss.backward()
+            losses.append(loss.item())
+            norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)))
+            optimizer.step()
+            optimizer.zero_grad()
+        assert norms[0] == pytest.approx(norms[1], rel=1e-4) and losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for name, value in full.state_dict().items():
+        torch.testing.assert_close(compact.to_full().state_dict()[name], value, atol=p.learning_rate / 20, rtol=0)
