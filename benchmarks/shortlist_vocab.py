@@ -6,8 +6,10 @@
 
 Both settings alternate within one process for --rounds rounds, so load from other processes slows
 both alike. Each round builds both models from the same seed and times --steps compiled steps after
-3 warm-up steps; the loss columns show the two learn alike (they are the same model, parameterised
-two ways, and follow each other step for step when the unseen rows start equal).
+3 warm-up steps. The loss columns differ by design: the compact model is the full GPT whose unseen rows
+start equal (and follows it step for step, tests/test_shortlist.py), and that start learns faster in the
+first steps than GPT-2's independent random rows (15 steps from one seed, fp32 autocast bf16: 8.82 for
+both the compact model and the full model with equal unseen rows, 9.62 with random rows).
 """
 from __future__ import annotations
 
