@@ -5,7 +5,6 @@ import time
 
 from tinygpt import data, io, params, paths, pretrain_outputs, tracking, weights
 from tinygpt.cli import run_stage
-from tinygpt.device import resolve_precision
 from tinygpt.train import train
 
 
@@ -19,7 +18,7 @@ def main() -> None:
         device = next(result.model.parameters()).device
         whole_val = pretrain_outputs.whole_split(result.model, data.read_tokens(paths.VAL_BIN),
                                                  io.read_json(paths.SPLIT_META)["val"]["bytes"], device,
-                                                 resolve_precision(p.train.precision, device))
+                                                 result.metrics["precision"])
         written = pretrain_outputs.write_plots(result)
         written += pretrain_outputs.write_samples(pretrain_outputs.samples(result, p.train), p.train)
         run.log_artifact(paths.PRETRAIN_DIR, "model")

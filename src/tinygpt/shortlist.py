@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
+from tinygpt.model import GPT, ParamCounts
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,11 @@ class ShortlistGPT(nn.Module):
         keep = keep.to(nll.dtype)
         return logits, (nll * keep).sum() / keep.sum().clamp(min=1)
 
-    def param_counts(self):
-        return self.to_full().param_counts()
+    def param_counts(self) -> ParamCounts:
+        """The expanded GPT's counts: each unseen token adds one embedding row."""
+        compact = self.gpt.param_counts()
+        extra_rows = (self.config.vocab_size - self.vocab.compact_size) * self.config.n_embd
+        return ParamCounts(total=compact.total + extra_rows, non_embedding=compact.non_embedding)
 
     @torch.no_grad()
     def to_full(self) -> GPT:
