@@ -116,15 +116,17 @@ def test_bad_shortlist_params_name_the_key(changes, key):
         dataclasses.replace(TrainParams(), **changes).validate()
 
 
-def test_training_steps_follow_the_full_gpt_whose_unseen_rows_start_equal():
-    """AdamW with clipping on the compact model = the same on its expansion, step for step (up to float
-    rounding, which AdamW's first steps magnify for near-zero gradients: a fraction of one step, lr)."""
+@pytest.mark.parametrize("kind", ["adamw", "muon"])
+def test_training_steps_follow_the_full_gpt_whose_unseen_rows_start_equal(kind):
+    """AdamW (or Muon + AdamW) with clipping on the compact model = the same on its expansion, step for
+    step (up to float rounding, which AdamW's first steps magnify for near-zero gradients: a fraction of
+    one step, lr)."""
     from tinygpt.optim import build_optimizer
 
     torch.manual_seed(0)
     compact = ShortlistGPT(CONFIG, TrainVocabulary.of(TRAIN_IDS, 300)).train()
     full = compact.to_full().train()
-    p = TrainParams(learning_rate=3e-3, weight_decay=0.1, grad_clip=0.5)
+    p = TrainParams(learning_rate=3e-3, weight_decay=0.1, grad_clip=0.5, optimizer=kind)
     optimizers = [build_optimizer(m, p, torch.device("cpu")) for m in (compact, full)]
     gen = torch.Generator().manual_seed(2)
     for _ in range(5):
@@ -137,6 +139,11 @@ def test_training_steps_follow_the_full_gpt_whose_unseen_rows_start_equal():
             norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), p.grad_clip)))
             optimizer.step()
             optimizer.zero_grad()
-        assert norms[0] == pytest.approx(norms[1], rel=1e-4) and losses[0] == pytest.approx(losses[1], rel=1e-5)
+        # Muon orthogonalises in bf16, where the two gradients' float rounding can round differently.
+        norm_rel, loss_rel = (1e-3, 1e-3) if kind == "muon" else (1e-4, 1e-5)
+        assert norms[0] == pytest.approx(norms[1], rel=norm_rel) and losses[0] == pytest.approx(losses[1], rel=loss_rel)
     for name, value in full.state_dict().items():
-        torch.testing.assert_close(compact.to_full().state_dict()[name], value, atol=p.learning_rate / 20, rtol=0)
+        # Muon lifts a gradient's small singular directions to full size, float rounding in them too:
+        # the two runs stay within a fraction of one step (an element of a Muon step is ~lr/3 here).
+        atol = p.learning_rate / (2 if kind == "muon" else 20)
+        torch.testing.assert_close(compact.to_full().state_dict()[name], value, atol=atol, rtol=0)

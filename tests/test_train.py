@@ -1,5 +1,5 @@
-"""Pretraining: it learns, it is reproducible bit for bit, it resumes exactly, its schedule and weight
-decay groups are what the README says, it stops on a non-finite loss, and the stage runs end to end."""
+"""Pretraining: it learns, it is reproducible bit for bit, it resumes exactly (with AdamW and with Muon),
+its schedule, weight decay groups and Muon/AdamW split are what the README says, it stops on a non-finite loss, and the stage runs end to end."""
 import dataclasses
 import json
 import math
@@ -13,14 +13,15 @@ from tinygpt import data, tokenizer
 from tinygpt.checkpoint import CHECKPOINT_FILE
 from tinygpt.config import GPTConfig
 from tinygpt.model import GPT
-from tinygpt.optim import build_optimizer, lr_at
-from tinygpt.params import TrainParams
+from tinygpt.optim import build_optimizer, build_schedule, lr_at
+from tinygpt.params import ParamsError, TrainParams
 from tinygpt.train import NonFiniteLossError, train
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 FAST = TrainParams(max_steps=20, batch_size=8, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=10,
                    eval_batches=2, checkpoint_interval=5, log_interval=5, device="cpu", precision="fp32",
                    compile=False, sample_tokens=8)
+MUON = dataclasses.replace(FAST, optimizer="muon", muon_weight_decay=0.3)
 
 
 class Interrupted(Exception):
@@ -75,8 +76,9 @@ def without_speed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
 
 
-def test_overfits_a_tiny_corpus(corpus, tmp_path):
-    p = dataclasses.replace(FAST, max_steps=100, eval_interval=50, checkpoint_interval=100)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_overfits_a_tiny_corpus(corpus, tmp_path, optimizer):
+    p = dataclasses.replace(FAST, max_steps=100, eval_interval=50, checkpoint_interval=100, optimizer=optimizer)
     result = run(corpus, tmp_path / "ckpt", p)
     assert result.evals[0]["train_loss"] == pytest.approx(math.log(64), abs=0.1)  # at step 0: uniform
     assert result.evals[-1]["train_loss"] < 0.1
@@ -96,8 +98,9 @@ def test_same_seed_same_weights_other_seed_other_weights(corpus, tmp_path):
     assert not torch.equal(weights(a)["lm_head.weight"], weights(c)["lm_head.weight"])
 
 
-def test_resume_after_interruption_gives_identical_weights(corpus, tmp_path):
-    p = dataclasses.replace(FAST, grad_accum_steps=2)
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_after_interruption_gives_identical_weights(corpus, tmp_path, optimizer):
+    p = dataclasses.replace(FAST, grad_accum_steps=2, optimizer=optimizer)
     config = dataclasses.replace(TINY, dropout=0.1)
     uninterrupted = run(corpus, tmp_path / "one", p, config)
 
@@ -151,6 +154,43 @@ def test_weight_decay_only_on_matrices():
     assert all(n.endswith(".bias") or ".ln_" in n for n in plain)
     assert "transformer.ln_f.weight" in plain and "transformer.h.0.mlp.c_fc.bias" in plain
     assert sum(p.numel() for g in groups for p in g["params"]) == model.param_counts().total  # tied once
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
+    model = GPT(TINY)
+    optimizer = build_optimizer(model, MUON, torch.device("cpu"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    on = {part: [names[id(p)] for g in opt.param_groups for p in g["params"]] for part, opt in optimizer.parts.items()}
+    assert set(on["muon"]) == {f"transformer.h.{i}.{m}.weight" for i in range(TINY.n_layer)
+                               for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")}
+    assert {"transformer.wte.weight", "transformer.wpe.weight", "transformer.ln_f.weight"} <= set(on["adamw"])
+    assert sorted(on["muon"] + on["adamw"]) == sorted(names.values())  # each parameter once, the tied one too
+    muon_group = optimizer.parts["muon"].param_groups[0]
+    assert muon_group["weight_decay"] == MUON.muon_weight_decay and muon_group["momentum"] == MUON.muon_momentum
+    assert optimizer.parts["adamw"].param_groups[0]["weight_decay"] == MUON.weight_decay
+    assert muon_group["adjust_lr_fn"] == "match_rms_adamw"  # so learning_rate means the same for both
+
+
+def test_the_schedule_sets_the_learning_rate_of_both_muon_and_adamw():
+    model = GPT(TINY)
+    optimizer = build_optimizer(model, MUON, torch.device("cpu"))
+    schedule = build_schedule(optimizer, MUON)
+    for step in range(MUON.max_steps):
+        assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([lr_at(MUON, step)] * 3)
+        model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        schedule.step()
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"optimizer": "sgd"}, "train.optimizer"),
+    ({"optimizer": "muon", "muon_momentum": 1.0}, "train.muon_momentum"),
+    ({"optimizer": "muon", "muon_weight_decay": -0.1}, "train.muon_weight_decay"),
+])
+def test_bad_optimizer_params_name_the_key(changes, key):
+    with pytest.raises(ParamsError, match=key):
+        dataclasses.replace(TrainParams(), **changes).validate()
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(corpus, tmp_path, monkeypatch):

@@ -112,7 +112,8 @@ RLHF_PRECISIONS = ("auto", "fp32", "bf16")
 
 @dataclass
 class TrainParams:
-    """Pretraining: AdamW on random windows of train.bin, linear warmup then cosine decay to a floor."""
+    """Pretraining: AdamW (or Muon + AdamW) on random windows of train.bin, linear warmup then cosine decay
+    to a floor."""
 
     max_steps: int = 2000  # optimizer steps
     batch_size: int = 16  # windows of model.block_size tokens per micro-batch
@@ -121,6 +122,9 @@ class TrainParams:
     min_lr: float = 1e-4  # floor of the cosine decay, reached at max_steps
     warmup_steps: int = 100  # linear from learning_rate / warmup_steps
     weight_decay: float = 0.1  # matrices and embeddings only; biases and LayerNorm gains are not decayed
+    optimizer: str = "adamw"  # adamw, or muon: Muon on the blocks' matrices, AdamW on the rest
+    muon_momentum: float = 0.95  # Muon's (Nesterov) momentum; AdamW's betas are beta1 and beta2
+    muon_weight_decay: float = 0.1  # Muon's decoupled weight decay; weight_decay is then AdamW's (embeddings)
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
@@ -149,6 +153,9 @@ class TrainParams:
         require(0 <= self.warmup_steps <= self.max_steps, "train.warmup_steps",
                 f"an integer in [0, train.max_steps = {self.max_steps}]", self.warmup_steps)
         non_negative("train.weight_decay", self.weight_decay)
+        one_of("train.optimizer", self.optimizer, ("adamw", "muon"))
+        require(0 <= self.muon_momentum < 1, "train.muon_momentum", "a number in [0, 1)", self.muon_momentum)
+        non_negative("train.muon_weight_decay", self.muon_weight_decay)
         for key in ("beta1", "beta2"):
             require(0 <= getattr(self, key) < 1, f"train.{key}", "a number in [0, 1)", getattr(self, key))
         non_negative("train.grad_clip", self.grad_clip)

@@ -44,8 +44,8 @@ class PolicyWithValue(nn.Module):
 
 def freeze_embeddings(model: GPT) -> None:
     """Keep the token and position embeddings fixed: the token embedding is also the LM head, and
-    PPO then moves only the transformer blocks (a ninth of the weights of the default 4 x 128 model,
-    so a ninth of Adam's work) while the output vocabulary geometry the language model learned stays put."""
+    PPO then moves only the transformer blocks (a sixth of the weights of the default 6 x 128 model,
+    so a sixth of Adam's work) while the output vocabulary geometry the language model learned stays put."""
     model.transformer.wte.requires_grad_(False)
     model.transformer.wpe.requires_grad_(False)
 

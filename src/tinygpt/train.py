@@ -2,8 +2,8 @@
 
 One optimizer step = `grad_accum_steps` micro-batches of random windows (batch), each run forward under
 the chosen autocast (forward) and backward with its loss scaled by 1/grad_accum_steps (backward); then
-the global gradient norm is measured and clipped (clip), AdamW and the schedule advance (step), and the
-step's numbers are recorded (log). Every `eval_interval` steps the loss is estimated on fixed batches
+the global gradient norm is measured and clipped (clip), the optimizer (AdamW, or Muon + AdamW) and the
+schedule advance (step), and the step's numbers are recorded (log). Every `eval_interval` steps the loss is estimated on fixed batches
 (evaluate); every `checkpoint_interval` steps the whole training state is saved (checkpoint), and a
 rerun of the same configuration resumes from it and ends with the same weights, bit for bit.
 """
@@ -30,7 +30,7 @@ from tinygpt.data import read_tokens
 from tinygpt.device import autocast, resolve_device, resolve_precision
 from tinygpt.errors import TinyGptError
 from tinygpt.model import GPT
-from tinygpt.optim import build_optimizer, build_schedule
+from tinygpt.optim import MuonWithAdamW, Schedules, build_optimizer, build_schedule
 from tinygpt.params import TrainParams
 from tinygpt.shortlist import ShortlistGPT, TrainVocabulary
 
@@ -46,8 +46,8 @@ class TrainState:
     """Everything a checkpoint holds: with it, training continues exactly as if never stopped."""
 
     model: GPT | ShortlistGPT
-    optimizer: torch.optim.Optimizer
-    schedule: torch.optim.lr_scheduler.LambdaLR
+    optimizer: torch.optim.Optimizer | MuonWithAdamW
+    schedule: torch.optim.lr_scheduler.LambdaLR | Schedules
     sampler: RandomWindows
     step: int = 0  # optimizer steps done
     train_time_s: float = 0.0  # time spent in training steps, over all sessions
