@@ -38,25 +38,15 @@ def build_adamw(named: list[tuple[str, torch.nn.Parameter]], p: TrainParams, dev
     )
 
 
-class MuonWithAdamW:
-    """Muon on the blocks' matrices and AdamW on everything else, stepped, zeroed and saved as one
-    optimizer. `param_groups` lists both optimizers' groups (the same dicts), so reading a group's lr
-    sees what the schedule set."""
+class Together:
+    """Named parts (optimizers, or their schedules) stepped and saved as one."""
 
-    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
-        self.parts = {"muon": muon, "adamw": adamw}
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [group for part in self.parts.values() for group in part.param_groups]
+    def __init__(self, parts: dict):
+        self.parts = parts
 
     def step(self) -> None:
         for part in self.parts.values():
             part.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for part in self.parts.values():
-            part.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
         return {name: part.state_dict() for name, part in self.parts.items()}
@@ -64,6 +54,22 @@ class MuonWithAdamW:
     def load_state_dict(self, state: dict) -> None:
         for name, part in self.parts.items():
             part.load_state_dict(state[name])
+
+
+class MuonWithAdamW(Together):
+    """Muon on the blocks' matrices and AdamW on everything else, as one optimizer. `param_groups` lists
+    both optimizers' groups (the same dicts), so reading a group's lr sees what the schedule set."""
+
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+        super().__init__({"muon": muon, "adamw": adamw})
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [group for part in self.parts.values() for group in part.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts.values():
+            part.zero_grad(set_to_none=set_to_none)
 
 
 def build_muon(model: torch.nn.Module, p: TrainParams, device: torch.device) -> MuonWithAdamW:
@@ -101,33 +107,16 @@ class WarmupCosine:
         return self.min_ratio + 0.5 * (1.0 + math.cos(math.pi * progress)) * (1.0 - self.min_ratio)
 
 
-class Schedules:
-    """One LambdaLR per part of a MuonWithAdamW, stepped and saved together."""
-
-    def __init__(self, schedules: dict[str, torch.optim.lr_scheduler.LambdaLR]):
-        self.parts = schedules
-
-    def step(self) -> None:
-        for schedule in self.parts.values():
-            schedule.step()
-
-    def state_dict(self) -> dict:
-        return {name: schedule.state_dict() for name, schedule in self.parts.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, schedule in self.parts.items():
-            schedule.load_state_dict(state[name])
-
-
 def build_schedule(optimizer: torch.optim.Optimizer | MuonWithAdamW, p: TrainParams
-                   ) -> torch.optim.lr_scheduler.LambdaLR | Schedules:
+                   ) -> torch.optim.lr_scheduler.LambdaLR | Together:
+    """One LambdaLR per optimizer (a MuonWithAdamW gets one per part, stepped together)."""
     def schedule(part: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
         return torch.optim.lr_scheduler.LambdaLR(
             part, WarmupCosine(p.warmup_steps, p.max_steps, p.min_lr / p.learning_rate)
         )
 
     if isinstance(optimizer, MuonWithAdamW):
-        return Schedules({name: schedule(part) for name, part in optimizer.parts.items()})
+        return Together({name: schedule(part) for name, part in optimizer.parts.items()})
     return schedule(optimizer)
 
 

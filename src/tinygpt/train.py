@@ -30,7 +30,7 @@ from tinygpt.data import read_tokens
 from tinygpt.device import autocast, resolve_device, resolve_precision
 from tinygpt.errors import TinyGptError
 from tinygpt.model import GPT
-from tinygpt.optim import MuonWithAdamW, Schedules, build_optimizer, build_schedule
+from tinygpt.optim import MuonWithAdamW, Together, build_optimizer, build_schedule
 from tinygpt.params import TrainParams
 from tinygpt.shortlist import ShortlistGPT, TrainVocabulary
 
@@ -47,7 +47,7 @@ class TrainState:
 
     model: GPT | ShortlistGPT
     optimizer: torch.optim.Optimizer | MuonWithAdamW
-    schedule: torch.optim.lr_scheduler.LambdaLR | Schedules
+    schedule: torch.optim.lr_scheduler.LambdaLR | Together
     sampler: RandomWindows
     step: int = 0  # optimizer steps done
     train_time_s: float = 0.0  # time spent in training steps, over all sessions
