@@ -183,8 +183,24 @@ def test_the_schedule_sets_the_learning_rate_of_both_muon_and_adamw():
         schedule.step()
 
 
+def test_adamw_lr_scale_slows_the_adamw_part_at_every_step():
+    p = dataclasses.replace(MUON, adamw_lr_scale=0.5)
+    model = GPT(TINY)
+    optimizer = build_optimizer(model, p, torch.device("cpu"))
+    schedule = build_schedule(optimizer, p)
+    for step in range(p.max_steps):
+        assert optimizer.parts["muon"].param_groups[0]["lr"] == pytest.approx(lr_at(p, step))
+        assert [g["lr"] for g in optimizer.parts["adamw"].param_groups] == pytest.approx([0.5 * lr_at(p, step)] * 2)
+        model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        schedule.step()
+
+
 @pytest.mark.parametrize("changes, key", [
     ({"optimizer": "sgd"}, "train.optimizer"),
+    ({"optimizer": "muon", "adamw_lr_scale": 0.0}, "train.adamw_lr_scale"),
+    ({"optimizer": "adamw", "adamw_lr_scale": 0.5}, "train.adamw_lr_scale"),
     ({"optimizer": "muon", "muon_momentum": 1.0}, "train.muon_momentum"),
     ({"optimizer": "muon", "muon_weight_decay": -0.1}, "train.muon_weight_decay"),
 ])

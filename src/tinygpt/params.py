@@ -125,6 +125,7 @@ class TrainParams:
     optimizer: str = "adamw"  # adamw, or muon: Muon on the blocks' matrices, AdamW on the rest
     muon_momentum: float = 0.95  # Muon's (Nesterov) momentum; AdamW's betas are beta1 and beta2
     muon_weight_decay: float = 0.1  # Muon's decoupled weight decay; weight_decay is then AdamW's (embeddings)
+    adamw_lr_scale: float = 1.0  # with muon: AdamW's part (embeddings, biases, gains) at this x learning_rate
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
@@ -156,6 +157,9 @@ class TrainParams:
         one_of("train.optimizer", self.optimizer, ("adamw", "muon"))
         require(0 <= self.muon_momentum < 1, "train.muon_momentum", "a number in [0, 1)", self.muon_momentum)
         non_negative("train.muon_weight_decay", self.muon_weight_decay)
+        positive("train.adamw_lr_scale", self.adamw_lr_scale)
+        require(self.optimizer == "muon" or self.adamw_lr_scale == 1, "train.adamw_lr_scale",
+                "1 unless train.optimizer is muon (it scales the AdamW part beside Muon)", self.adamw_lr_scale)
         for key in ("beta1", "beta2"):
             require(0 <= getattr(self, key) < 1, f"train.{key}", "a number in [0, 1)", getattr(self, key))
         non_negative("train.grad_clip", self.grad_clip)
