@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from tinygpt import data, tokenizer
+from tinygpt import train as train_module
 from tinygpt.checkpoint import CHECKPOINT_FILE
 from tinygpt.config import GPTConfig
 from tinygpt.model import GPT
@@ -291,6 +292,18 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     assert metrics["resumed_from_step"] == 6
     assert_same_weights(first, load_file(str(tmp_path / "models/pretrain/model.safetensors")))
     assert len((tmp_path / "plots/pretrain/steps.csv").read_text().splitlines()) == 7
+
+
+def test_training_runs_with_deterministic_kernels_and_restores_the_setting(corpus, tmp_path, monkeypatch):
+    """Compiled default-size runs drifted apart without deterministic algorithms (see deterministic_kernels)."""
+    seen = []
+    real_step = train_module.train_step
+    monkeypatch.setattr(train_module, "train_step",
+                        lambda *a, **k: seen.append(torch.are_deterministic_algorithms_enabled()) or real_step(*a, **k))
+    assert not torch.are_deterministic_algorithms_enabled()
+    run(corpus, tmp_path / "ckpt")
+    assert seen == [True] * FAST.max_steps
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 @pytest.mark.slow
