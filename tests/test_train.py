@@ -101,7 +101,7 @@ def test_same_seed_same_weights_other_seed_other_weights(corpus, tmp_path):
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_resume_after_interruption_gives_identical_weights(corpus, tmp_path, optimizer):
-    p = dataclasses.replace(FAST, grad_accum_steps=2, optimizer=optimizer)
+    p = dataclasses.replace(FAST, grad_accum_steps=2, optimizer=optimizer, input_noise=0.1)  # noise draws resume too
     config = dataclasses.replace(TINY, dropout=0.1)
     uninterrupted = run(corpus, tmp_path / "one", p, config)
 

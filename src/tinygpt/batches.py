@@ -31,25 +31,43 @@ def windows_at(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple
 
 
 class RandomWindows:
-    """Batches of `batch_size` windows with uniformly random starts, from a seeded generator."""
+    """Batches of `batch_size` windows with uniformly random starts, from a seeded generator; with
+    `input_noise` > 0, that fraction of the input tokens is replaced by unigram draws (targets stay)."""
 
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, name: str = "train.bin"):
+    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int, name: str = "train.bin",
+                 input_noise: float = 0.0):
         check_length(tokens, block_size, name)
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
+        self.input_noise = input_noise
         self.rng = np.random.default_rng(seed)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         # The last start that still leaves a target after the window: len - block_size - 1.
         starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
-        return windows_at(self.tokens, starts, self.block_size)
+        x, y = windows_at(self.tokens, starts, self.block_size)
+        if self.input_noise > 0:  # no draws otherwise, so the batches of a noiseless run never change
+            x = noised(x, self.tokens, self.input_noise, self.rng)
+        return x, y
 
     def state_dict(self) -> dict:
         return {"bit_generator": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
+
+
+def noised(inputs: torch.Tensor, tokens: np.ndarray, fraction: float, rng: np.random.Generator) -> torch.Tensor:
+    """Inputs with each token replaced, with probability `fraction`, by the token at a uniformly random
+    position of `tokens`, which is a draw from the corpus's unigram distribution. Data noising as
+    smoothing (Xie et al., 2017): the model cannot rely on any single context token, which regularises a
+    model that sees a small corpus many times, at no cost in compute. Targets are left clean."""
+    replace = rng.random(inputs.shape) < fraction
+    out = inputs.clone()
+    out[torch.from_numpy(replace)] = torch.from_numpy(
+        np.asarray(tokens[rng.integers(0, len(tokens), size=int(replace.sum()))], dtype=np.int64))
+    return out
 
 
 def fixed_batches(

@@ -131,6 +131,7 @@ class TrainParams:
     grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
     shortlist_vocab: bool = True  # tokens absent from train.bin share one row; exact softmax over the rest
     unseen_smoothing: float = 0.0  # with shortlist_vocab: target mass moved to "a token never seen in training"
+    input_noise: float = 0.0  # fraction of input tokens replaced by unigram draws (targets stay clean)
     eval_interval: int = 250  # steps between estimates of train/val loss on the fixed batches
     eval_batches: int = 4  # fixed batches per split in each estimate
     checkpoint_interval: int = 250  # steps between checkpoints (.cache/pretrain/<config hash>/)
@@ -167,6 +168,7 @@ class TrainParams:
         require(self.shortlist_vocab or self.unseen_smoothing == 0, "train.unseen_smoothing",
                 "0 unless train.shortlist_vocab is true (the smoothing targets the shared unseen row)",
                 self.unseen_smoothing)
+        require(0 <= self.input_noise < 1, "train.input_noise", "a number in [0, 1)", self.input_noise)
         one_of("train.device", self.device, RLHF_DEVICES)
         one_of("train.precision", self.precision, RLHF_PRECISIONS)
         non_negative("train.threads", self.threads)

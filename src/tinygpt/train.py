@@ -207,7 +207,7 @@ def init_state(config: GPTConfig, p: TrainParams, train_tokens: np.ndarray, devi
         model=model,
         optimizer=optimizer,
         schedule=build_schedule(optimizer, p),
-        sampler=RandomWindows(train_tokens, config.block_size, p.batch_size, seed=p.seed),
+        sampler=RandomWindows(train_tokens, config.block_size, p.batch_size, seed=p.seed, input_noise=p.input_noise),
     )
 
 
