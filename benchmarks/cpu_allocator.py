@@ -36,9 +36,9 @@ def measure(keep: bool, steps: int) -> float:
     sections = params.load_sections("model", "train")
     config, p = sections.model, dataclasses.replace(sections.train, device="cpu")
     device = torch.device("cpu")
-    state = init_state(config, p, read_tokens(paths.TRAIN_BIN), device)
-    runner = compiled(state.model, p, device)
     precision = resolve_precision(p.precision, device)
+    state = init_state(config, p, read_tokens(paths.TRAIN_BIN), device, precision)
+    runner = compiled(state.model, p, device)
     scratch = CheckpointDir(Path(tempfile.mkdtemp()), {})
     seconds = []
     for step in range(3 + steps):

@@ -38,7 +38,7 @@ def run_lockstep(config, p, precisions: dict[str, tuple[str, int]], steps: int, 
     runs = {}
     for label, (precision, seed) in precisions.items():
         q = dataclasses.replace(p, seed=seed)
-        state = init_state(config, q, train_tokens, device)
+        state = init_state(config, q, train_tokens, device, precision)
         runs[label] = {"state": state, "runner": compiled(state.model, q, device), "p": q, "precision": precision,
                        "seconds": [], "loss": [], "val": []}
     for step in range(steps):

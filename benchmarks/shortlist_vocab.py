@@ -37,9 +37,9 @@ def measure(shortlist: bool, steps: int) -> tuple[float, float]:
     p = dataclasses.replace(sections.train, device="cpu", shortlist_vocab=shortlist,
                             unseen_smoothing=sections.train.unseen_smoothing if shortlist else 0.0)
     device = torch.device("cpu")
-    state = init_state(config, p, read_tokens(paths.TRAIN_BIN), device)
-    runner = compiled(state.model, p, device)
     precision = resolve_precision(p.precision, device)
+    state = init_state(config, p, read_tokens(paths.TRAIN_BIN), device, precision)
+    runner = compiled(state.model, p, device)
     scratch = CheckpointDir(Path(tempfile.mkdtemp()), {})
     seconds, losses = [], []
     for step in range(3 + steps):

@@ -3,7 +3,7 @@ In: data/split/train.bin, val.bin. Out: models/pretrain/, metrics/pretrain.json,
 reports/pretrain/ (samples). Checkpoints: .cache/pretrain/<config hash>/."""
 import time
 
-from tinygpt import data, io, params, paths, pretrain_outputs, tracking, weights
+from tinygpt import codedeps, data, io, params, paths, pretrain_outputs, tracking, weights
 from tinygpt.cli import run_stage
 from tinygpt.train import train
 
@@ -13,7 +13,8 @@ def main() -> None:
     p = params.load_sections("model", "train", "tracking")
     flat = params.flatten({"model": p.model, "train": p.train})
     with tracking.stage_run("pretrain", flat, p.tracking.experiment) as run:
-        result = train(p.model, p.train, paths.TRAIN_BIN, paths.VAL_BIN, paths.PRETRAIN_CACHE, on_step=run.log_step)
+        result = train(p.model, p.train, paths.TRAIN_BIN, paths.VAL_BIN, paths.PRETRAIN_CACHE, on_step=run.log_step,
+                       code_version=codedeps.code_digest("pretrain"))
         weights.save_model(result.model, paths.PRETRAIN_DIR)
         device = next(result.model.parameters()).device
         whole_val = pretrain_outputs.whole_split(result.model, data.read_tokens(paths.VAL_BIN),

@@ -13,6 +13,11 @@ SHARED_CORPUS = REPO_ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
+def declared_paths(entries: list) -> list[str]:
+    """The paths of a dvc.yaml outs/metrics/plots list, whose items are a path or {path: options}."""
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO_ROOT

@@ -2,8 +2,8 @@
 
 DVC deletes a stage's outputs before it reruns the stage, so checkpoints kept under models/ would be
 gone exactly when they are needed. They live in `.cache/pretrain/<key>/` instead, where the key hashes
-everything that decides the weights (model and training params, the token files); a rerun with the same
-key resumes, any change starts afresh in another directory.
+everything that decides the weights (model and training params, the token files, the torch version and
+the stage's code); a rerun with the same key resumes, any change starts afresh in another directory.
 """
 from __future__ import annotations
 
@@ -36,13 +36,15 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def key_material(config: GPTConfig, p: TrainParams, data_files: list[Path]) -> dict[str, Any]:
+def key_material(config: GPTConfig, p: TrainParams, data_files: list[Path], code_version: str = "") -> dict[str, Any]:
     train = {k: v for k, v in dataclasses.asdict(p).items() if k not in REPORT_ONLY_KEYS}
     return {
         "model": config.to_dict(),
         "train": train,
         "data": {Path(f).name: file_digest(f) for f in data_files},
         "torch": torch.__version__,  # kernels may change numerics between versions
+        # A hash of the stage's code (tinygpt.codedeps): edited code must not resume an old run's state.
+        "code": code_version,
     }
 
 

@@ -3,8 +3,11 @@ Muon for the blocks' matrices with AdamW for the rest; linear warmup then cosine
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
+import torch.optim._muon as torch_muon
 
 from tinygpt.params import TrainParams
 
@@ -73,22 +76,62 @@ class MuonWithAdamW(Together):
             part.zero_grad(set_to_none=set_to_none)
 
 
-def build_muon(model: torch.nn.Module, p: TrainParams, device: torch.device) -> MuonWithAdamW:
+def orthogonalise_fp32(update: torch.Tensor, ns_coefficients: tuple[float, float, float], ns_steps: int,
+                       eps: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Muon's quintic Newton-Schulz iteration (the same coefficients and steps as torch's) in fp32
+    (or `dtype`). It drives the singular values of the update towards 1 using matmuls only, on the wide
+    orientation (rows <= columns) so the Gram matrix is the small one."""
+    a, b, c = ns_coefficients
+    tall = update.size(0) > update.size(1)
+    x = update.to(dtype).T if tall else update.to(dtype)
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= Frobenius norm <= 1: inside the iteration's basin
+    for _ in range(ns_steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(update.dtype)
+
+
+@contextmanager
+def newton_schulz_in_fp32() -> Iterator[None]:
+    """torch's Muon runs its iteration in bf16, which is fast on GPUs and on CPUs with AMX or
+    AVX512-BF16 but emulated ~40x slower than fp32 on AVX2-only CPUs (`benchmarks/muon_precision.py`).
+    torch has no switch for it, so its module-level function is swapped for the fp32 one while a step
+    runs (torch is pinned; tests/test_optim.py checks the swap takes effect and is undone)."""
+    original = torch_muon._zeropower_via_newtonschulz
+    torch_muon._zeropower_via_newtonschulz = orthogonalise_fp32
+    try:
+        yield
+    finally:
+        torch_muon._zeropower_via_newtonschulz = original
+
+
+class Fp32Muon(torch.optim.Muon):
+    """torch's Muon with the orthogonalisation in fp32: what `precision: fp32` means for the optimizer."""
+
+    def step(self, closure=None):
+        with newton_schulz_in_fp32():
+            return super().step(closure)
+
+
+def build_muon(model: torch.nn.Module, p: TrainParams, device: torch.device, precision: str) -> MuonWithAdamW:
     named = trainable(model)
     matrices = [(n, q) for n, q in named if is_hidden_matrix(n, q)]
     rest = [(n, q) for n, q in named if not is_hidden_matrix(n, q)]
     # "match_rms_adamw" scales Muon's orthogonalised step to the RMS of a typical AdamW step, so one
     # learning_rate and schedule serve both optimizers. Weight decay is decoupled in both, set apart.
-    muon = torch.optim.Muon([q for _, q in matrices], lr=p.learning_rate, weight_decay=p.muon_weight_decay,
+    muon_class = Fp32Muon if precision == "fp32" else torch.optim.Muon
+    muon = muon_class([q for _, q in matrices], lr=p.learning_rate, weight_decay=p.muon_weight_decay,
                             momentum=p.muon_momentum, nesterov=True, adjust_lr_fn="match_rms_adamw")
     # The embeddings are what overfits first on a small corpus: adamw_lr_scale < 1 slows them alone. The
     # schedule multiplies each group's starting lr, so the scale holds at every step.
     return MuonWithAdamW(muon, build_adamw(rest, p, device, lr_scale=p.adamw_lr_scale))
 
 
-def build_optimizer(model: torch.nn.Module, p: TrainParams, device: torch.device) -> torch.optim.AdamW | MuonWithAdamW:
+def build_optimizer(model: torch.nn.Module, p: TrainParams, device: torch.device,
+                    precision: str = "fp32") -> torch.optim.AdamW | MuonWithAdamW:
+    """`precision` is the resolved training precision (fp32 or bf16): with fp32, Muon's iteration is fp32 too."""
     if p.optimizer == "muon":
-        return build_muon(model, p, device)
+        return build_muon(model, p, device, precision)
     return build_adamw(trainable(model), p, device)
 
 

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 DATA = Path("data")
+PARAMS_CHECKED = DATA / "params" / "checked.txt"  # same text whenever params.yaml is valid (check_params)
 RAW_CORPUS = DATA / "raw" / "input.txt"
 
 TOKENS_DIR = DATA / "tokens"

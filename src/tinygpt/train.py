@@ -198,11 +198,12 @@ def full_model(model: GPT | ShortlistGPT) -> GPT:
     return model.to_full() if isinstance(model, ShortlistGPT) else model
 
 
-def init_state(config: GPTConfig, p: TrainParams, train_tokens: np.ndarray, device: torch.device) -> TrainState:
+def init_state(config: GPTConfig, p: TrainParams, train_tokens: np.ndarray, device: torch.device,
+               precision: str) -> TrainState:
     torch.manual_seed(p.seed)  # initial weights, then dropout
     model = build_model(config, p, train_tokens).to(device)
     model.train()
-    optimizer = build_optimizer(model, p, device)
+    optimizer = build_optimizer(model, p, device, precision)
     return TrainState(
         model=model,
         optimizer=optimizer,
@@ -237,16 +238,17 @@ class Session:
 
 
 def start(config: GPTConfig, p: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
-          on_step: StepCallback | None) -> tuple[TrainState, Session]:
+          on_step: StepCallback | None, code_version: str) -> tuple[TrainState, Session]:
     """A fresh state, or the checkpointed one of this configuration, and the session around it."""
     config.validate()
     p.validate()
     if p.threads:
         torch.set_num_threads(p.threads)
     device = resolve_device(p.device)
+    precision = resolve_precision(p.precision, device)
     train_tokens, val_tokens = read_tokens(train_path), read_tokens(val_path)
-    state = init_state(config, p, train_tokens, device)
-    checkpoints = CheckpointDir(checkpoint_root, key_material(config, p, [train_path, val_path]))
+    state = init_state(config, p, train_tokens, device, precision)
+    checkpoints = CheckpointDir(checkpoint_root, key_material(config, p, [train_path, val_path], code_version))
     saved = checkpoints.load()
     if saved is not None:
         state.restore(saved, device)
@@ -254,7 +256,7 @@ def start(config: GPTConfig, p: TrainParams, train_path: Path, val_path: Path, c
         "train": fixed_batches(train_tokens, config.block_size, p.batch_size, p.eval_batches, p.seed + 1, "train.bin"),
         "val": fixed_batches(val_tokens, config.block_size, p.batch_size, p.eval_batches, p.seed + 2, "val.bin"),
     }
-    session = Session(p, device, resolve_precision(p.precision, device), compiled(state.model, p, device), eval_sets,
+    session = Session(p, device, precision, compiled(state.model, p, device), eval_sets,
                       checkpoints, on_step, last_saved=state.step)
     return state, session
 
@@ -289,15 +291,17 @@ def deterministic_kernels() -> Iterator[None]:
 
 
 def train(config: GPTConfig, p: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
-          on_step: StepCallback | None = None) -> TrainResult:
-    """Train until p.max_steps, resuming from this configuration's checkpoint in `checkpoint_root`."""
+          on_step: StepCallback | None = None, code_version: str = "") -> TrainResult:
+    """Train until p.max_steps, resuming from this configuration's checkpoint in `checkpoint_root`.
+    `code_version` (e.g. codedeps.code_digest of the stage) joins the checkpoint key, so a checkpoint
+    written by other code is never resumed."""
     with deterministic_kernels():
-        return train_loop(config, p, train_path, val_path, checkpoint_root, on_step)
+        return train_loop(config, p, train_path, val_path, checkpoint_root, on_step, code_version)
 
 
 def train_loop(config: GPTConfig, p: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
-               on_step: StepCallback | None) -> TrainResult:
-    state, session = start(config, p, train_path, val_path, checkpoint_root, on_step)
+               on_step: StepCallback | None, code_version: str) -> TrainResult:
+    state, session = start(config, p, train_path, val_path, checkpoint_root, on_step, code_version)
     resumed_from = state.step
     replay(state, on_step)
     if state.step == 0:
