@@ -45,13 +45,18 @@ def set_params(project: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
-def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+def dvc(project: Path, *args: str, check: bool = True, own_code: bool = False) -> subprocess.CompletedProcess:
+    """Run dvc in `project`; with `own_code`, its stages import the copy's src/ rather than the
+    installed (editable) package, so edits to the copy's modules take effect."""
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)  # use the default: <project>/mlflow.db
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]  # stages run this python
+    if own_code:
+        env["PYTHONPATH"] = str(project / "src")
     out = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env,
                          capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    if check:
+        assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out
 
 

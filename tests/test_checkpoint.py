@@ -1,0 +1,70 @@
+"""The checkpoint key covers the stage's code: through the real pretrain stage in a copy of the project,
+an interrupted run resumes while the code is unchanged, and an edit to any module the stage imports
+starts training from scratch instead of resuming what older code wrote."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_pipeline_data import dvc, set_params
+from test_pipeline_experiments import tiny_project  # noqa: F401 (a fixture)
+
+from tinygpt.checkpoint import key_material, run_key
+from tinygpt.config import GPTConfig
+from tinygpt.params import TrainParams
+
+
+def test_the_key_changes_with_the_code_version(tmp_path):
+    tokens = tmp_path / "train.bin"
+    tokens.write_bytes(b"\0\1" * 8)
+    config, p = GPTConfig(), TrainParams()
+    assert run_key(key_material(config, p, [tokens], "code-a")) == run_key(key_material(config, p, [tokens], "code-a"))
+    assert run_key(key_material(config, p, [tokens], "code-a")) != run_key(key_material(config, p, [tokens], "code-b"))
+
+
+def pretrain_metrics(project) -> dict:
+    return json.loads((project / "metrics/pretrain.json").read_text())
+
+
+def interrupt_after_first_checkpoint(project) -> None:
+    """Start the stage as DVC would, and kill -9 it as soon as its first checkpoint is on disk."""
+    env = dict(os.environ, PYTHONPATH=str(project / "src"))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    stage = subprocess.Popen([sys.executable, "-m", "stages.pretrain"], cwd=project, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list((project / ".cache/pretrain").glob("*/checkpoint.pt")) and time.time() < deadline:
+        assert stage.poll() is None, "the stage ended before its first checkpoint"
+        time.sleep(0.02)
+    stage.send_signal(signal.SIGKILL)
+    stage.wait()
+
+
+@pytest.mark.slow
+def test_unchanged_code_resumes_and_edited_code_trains_from_scratch(tiny_project):  # noqa: F811
+    project = tiny_project
+    set_params(project, train={"max_steps": 400, "checkpoint_interval": 25, "eval_interval": 200})
+    dvc(project, "repro", "split", own_code=True)
+
+    interrupt_after_first_checkpoint(project)
+    out = dvc(project, "repro", "pretrain", own_code=True)
+    assert "Running stage 'pretrain'" in out.stdout
+    resumed = pretrain_metrics(project)
+    assert 25 <= resumed["resumed_from_step"] < 400 and resumed["steps"] == 400
+
+    # A comment in a module the stage imports: DVC reruns the stage, and the final checkpoint that the
+    # old code wrote is not taken as this run's result.
+    with (project / "src/tinygpt/model.py").open("a") as f:
+        f.write("\n# an edit that changes no number, only the code\n")
+    out = dvc(project, "repro", "pretrain", own_code=True)
+    assert "Running stage 'pretrain'" in out.stdout
+    fresh = pretrain_metrics(project)
+    assert fresh["resumed_from_step"] == 0 and fresh["steps"] == 400
+    assert len(list((project / ".cache/pretrain").iterdir())) == 2  # one checkpoint directory per code version
+    assert "up to date" in dvc(project, "status", "pretrain", own_code=True).stdout

@@ -1,0 +1,90 @@
+"""Code deps: dvc.yaml lists, for every stage, exactly the project modules its script imports
+(transitively, less the documented plumbing), and the closure is computed from the source."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tinygpt import codedeps
+
+
+def dvc_stages(repo_root: Path) -> dict:
+    return yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+
+
+def is_code(dep: str) -> bool:
+    return dep.endswith(".py") or dep.startswith(("src/", "stages/"))
+
+
+def test_every_stage_lists_exactly_the_modules_its_script_imports(repo_root):
+    problems = []
+    for name, stage in dvc_stages(repo_root).items():
+        assert stage["cmd"] == f"python -m stages.{name}", f"stage {name}: script and stage name differ"
+        declared = {dep for dep in stage["deps"] if is_code(dep)}
+        imported = set(codedeps.stage_files(name, repo_root))
+        problems += [f"stage {name}: dvc.yaml misses {f} (imported by stages/{name}.py)" for f in sorted(imported - declared)]
+        problems += [f"stage {name}: dvc.yaml lists {f}, which stages/{name}.py no longer imports"
+                     for f in sorted(declared - imported)]
+    assert not problems, "\n".join(problems)
+
+
+def test_pretrain_closure_reaches_the_modules_the_issue_found_missing(repo_root):
+    """The figure helpers the stages draw with were once missing from their deps."""
+    assert "src/tinygpt/rlhf_plots.py" in codedeps.stage_files("pretrain", repo_root)
+    assert "src/tinygpt/evaluate.py" in codedeps.stage_files("reward", repo_root)
+    assert "src/tinygpt/evaluate.py" in codedeps.stage_files("rlhf", repo_root)
+
+
+def test_exempt_plumbing_is_not_a_dep(repo_root):
+    files = codedeps.stage_files("pretrain", repo_root)
+    assert "src/tinygpt/tracking.py" not in files and "src/tinygpt/cli.py" not in files
+    assert "stages/__init__.py" not in files  # a docstring only: importing it runs nothing
+
+
+@pytest.mark.parametrize("source, module, is_package, expected", [
+    ("import tinygpt.model", "stages.x", False, {"tinygpt.model"}),
+    ("from tinygpt import io, paths", "stages.x", False, {"tinygpt", "tinygpt.io", "tinygpt.paths"}),
+    ("from .model import GPT", "tinygpt.train", False, {"tinygpt.model", "tinygpt.model.GPT"}),
+    ("from . import io", "tinygpt.train", False, {"tinygpt", "tinygpt.io"}),
+    ("from .. import core", "tinygpt.eval.calibration", False, {"tinygpt", "tinygpt.core"}),
+    ("from .io import x", "tinygpt", True, {"tinygpt.io", "tinygpt.io.x"}),
+    ("def f():\n    import tinygpt.hf\n", "tinygpt.compare", False, {"tinygpt.hf"}),
+])
+def test_imported_names_reads_absolute_relative_and_function_level_imports(source, module, is_package, expected):
+    assert codedeps.imported_names(source, module, is_package) == expected
+
+
+def test_module_file_finds_modules_not_names(repo_root):
+    assert codedeps.module_file("tinygpt.model") == repo_root / "src/tinygpt/model.py"
+    assert codedeps.module_file("tinygpt.model.GPT") is None  # a class, not a module
+    assert codedeps.module_file("stages.pretrain") == repo_root / "stages/pretrain.py"
+    assert codedeps.module_file("numpy") is None or not codedeps.is_project("numpy")
+
+
+def test_closure_follows_imports_transitively_and_skips_third_party(repo_root):
+    modules = codedeps.closure("stages.evaluate")
+    # stages.evaluate imports tinygpt.evaluate, which imports tinygpt.likelihood: reached indirectly.
+    assert "tinygpt.likelihood" in modules and "tinygpt.evaluate" in modules
+    assert all(codedeps.is_project(name) for name in modules)
+
+
+def test_code_digest_changes_with_any_module_of_the_stage(tmp_path, monkeypatch):
+    """A throwaway project package: editing a module two imports away changes the digest."""
+    (tmp_path / "stages").mkdir()
+    (tmp_path / "stages/__init__.py").write_text('"""stages"""\n')
+    (tmp_path / "stages/demo.py").write_text("from tinygpt import first\n")
+    package = tmp_path / "tinygpt"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "first.py").write_text("from tinygpt import second\n")
+    (package / "second.py").write_text("VALUE = 1\n")
+    (package / "unrelated.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in [m for m in list(__import__("sys").modules) if m.split(".")[0] in ("tinygpt", "stages")]:
+        monkeypatch.delitem(__import__("sys").modules, name)
+    assert codedeps.stage_files("demo", tmp_path) == ["stages/demo.py", "tinygpt/first.py", "tinygpt/second.py"]
+    before = codedeps.code_digest("demo")
+    (package / "unrelated.py").write_text("VALUE = 2\n")
+    assert codedeps.code_digest("demo") == before
+    (package / "second.py").write_text("VALUE = 2\n")
+    assert codedeps.code_digest("demo") != before

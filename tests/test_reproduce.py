@@ -1,0 +1,67 @@
+"""CI's comparison of a rerun with the committed metrics, and the stage-output hashes it compares."""
+import json
+import subprocess
+
+import yaml
+
+from tinygpt import reproduce
+from tinygpt.reproduce import Check, compare, stage_out_hashes, table
+
+CHECKS = (Check("loss", "pretrain", "whole_val.loss", 0.03), Check("tokens", "split", "train.tokens", 0))
+COMMITTED = {"pretrain": {"whole_val": {"loss": 4.54}}, "split": {"train": {"tokens": 301_966}}}
+
+
+def test_within_tolerance_passes_and_outside_fails():
+    same = compare(COMMITTED, {"pretrain": {"whole_val": {"loss": 4.569}}, "split": {"train": {"tokens": 301_966}}}, CHECKS)
+    assert [r.ok for r in same] == [True, True]
+    moved = compare(COMMITTED, {"pretrain": {"whole_val": {"loss": 4.58}}, "split": {"train": {"tokens": 301_965}}}, CHECKS)
+    assert [r.ok for r in moved] == [False, False]  # 0.04 > 0.03; a count must match exactly
+    missing = compare(COMMITTED, {"pretrain": {}}, CHECKS)
+    assert [r.ok for r in missing] == [False, False]
+    text = table(moved)
+    assert "| loss | metrics/pretrain.json: whole_val.loss | 4.54 | 4.58 | +0.04 | ±0.03 | NO |" in text
+    assert "missing" in table(missing)
+
+
+def test_every_check_names_a_metric_the_stage_writes(repo_root):
+    """The keys exist in the committed metrics (a renamed metric must not silently drop a check)."""
+    for check in reproduce.CHECKS:
+        metrics = json.loads((repo_root / f"metrics/{check.stage}.json").read_text())
+        assert isinstance(reproduce.lookup(metrics, check.key), (int, float)), f"{check.stage}: {check.key}"
+
+
+def test_stage_out_hashes_leave_out_the_metrics(tmp_path):
+    lock = {"schema": "2.0", "stages": {"evaluate": {"cmd": "x", "outs": [
+        {"path": "reports/evaluate", "md5": "a.dir"}, {"path": "metrics/evaluate.json", "md5": "b"},
+        {"path": "plots/evaluate/reliability.png", "md5": "c"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert stage_out_hashes("evaluate", tmp_path / "dvc.lock") == {"reports/evaluate": "a.dir",
+                                                                   "plots/evaluate/reliability.png": "c"}
+
+
+def test_metrics_are_committed_and_not_cached_by_dvc(repo_root):
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    tracked = subprocess.run(["git", "ls-files", "metrics"], cwd=repo_root, capture_output=True, text=True).stdout.split()
+    for name, stage in stages.items():
+        for entry in stage.get("metrics", []):
+            path, options = next(iter(entry.items()))
+            assert options.get("cache") is False, f"stage {name}: {path} must have cache: false (it lives in git)"
+            assert path in tracked, f"{path} is not committed"
+
+
+def test_the_readme_quotes_its_measured_numbers_from_the_committed_metrics(repo_root):
+    """Every row of README's "Measured" table names a metrics file and key; the number shown must be
+    that value as committed (rounded to the digits shown)."""
+    import re
+
+    readme = (repo_root / "README.md").read_text()
+    section = readme.split("## Measured", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| [^|]+ \| \*{0,2}([-+]?[\d,]*\.?\d+)\*{0,2}[^|]* \| `(metrics/\w+\.json)`: `([\w.]+)` \|$",
+                      section, flags=re.MULTILINE)
+    assert len(rows) >= 8, f"the Measured table has {len(rows)} rows that name a file and key"
+    for shown, path, key in rows:
+        value = reproduce.lookup(json.loads((repo_root / path).read_text()), key)
+        assert isinstance(value, (int, float)), f"{path}: {key} is not a number"
+        digits = len(shown.split(".")[1]) if "." in shown else 0
+        assert f"{value:.{digits}f}" == f"{float(shown.replace(',', '')):.{digits}f}", \
+            f"README shows {shown} for {path}: {key}, the file has {value}"
