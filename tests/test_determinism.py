@@ -14,19 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from test_train import Interrupted, crash_at
 from tinygpt import data, params, tokenizer
 from tinygpt.train import train
-
-
-class Interrupted(Exception):
-    pass
-
-
-def crash_at(crash_step: int):
-    def on_step(step, metrics):
-        if step == crash_step and "loss" in metrics:
-            raise Interrupted
-    return on_step
 
 
 @pytest.fixture

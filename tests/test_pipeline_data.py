@@ -88,7 +88,7 @@ def test_data_stages_end_to_end(repo_root, tmp_path, http_server):
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("tinygpt")
     runs = {r.data.tags["stage"]: r for r in client.search_runs([experiment.experiment_id])}
-    assert sorted(runs) == ["download", "split", "tokenize"]  # one run per stage, none twice
+    assert sorted(runs) == ["check_params", "download", "split", "tokenize"]  # one run per stage, none twice
     assert runs["download"].data.params["data.url"] == url
     assert runs["download"].data.metrics["bytes"] == len(CORPUS)
     assert runs["tokenize"].data.metrics["tokens"] == meta["tokens"]
