@@ -65,3 +65,44 @@ def test_the_readme_quotes_its_measured_numbers_from_the_committed_metrics(repo_
         digits = len(shown.split(".")[1]) if "." in shown else 0
         assert f"{value:.{digits}f}" == f"{float(shown.replace(',', '')):.{digits}f}", \
             f"README shows {shown} for {path}: {key}, the file has {value}"
+
+
+def test_ci_runs_the_readme_commands_the_whole_pipeline_and_its_checks(repo_root):
+    """.ci/run is what lands a change: it must run the README's test command, the whole pipeline (no
+    stage named), and the checks against the committed metrics."""
+    ci = [line.strip() for line in (repo_root / ".ci/run").read_text().splitlines() if not line.strip().startswith("#")]
+    readme = (repo_root / "README.md").read_text()
+    for command in ("make test", "make repro"):
+        assert command in ci and command in readme, command
+    makefile = (repo_root / "Makefile").read_text()
+    repro_recipe = makefile.split("\nrepro:", 1)[1].split("\n\n", 1)[0]
+    assert repro_recipe.rstrip().endswith("dvc repro"), "make repro must run the whole pipeline"
+    assert "-m pytest -q" in makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "python -m tinygpt.reproduce metrics --against HEAD" in ci
+    assert "dvc repro --force --single-item evaluate" in ci
+    assert ci.index("make test") < ci.index("make repro") < ci.index("python -m tinygpt.reproduce metrics --against HEAD")
+
+
+def test_the_metrics_command_compares_the_workspace_with_a_commit(tmp_path, monkeypatch, capsys):
+    """End to end as CI calls it: committed metrics in a git repository, a rerun's files in the workspace."""
+    import shutil
+
+    from conftest import REPO_ROOT
+
+    shutil.copytree(REPO_ROOT / "metrics", tmp_path / "metrics")
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "metrics"], cwd=tmp_path, check=True)
+    subprocess.run([*git, "commit", "-qm", "metrics"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    assert reproduce.main(["metrics", "--against", "HEAD"]) == 0
+    assert "| RLHF gold (VADER) gain |" in capsys.readouterr().out
+
+    pretrain = json.loads((tmp_path / "metrics/pretrain.json").read_text())
+    pretrain["whole_val"]["loss"] += 0.05  # a rerun 0.05 nats worse: outside the 0.03 tolerance
+    (tmp_path / "metrics/pretrain.json").write_text(json.dumps(pretrain))
+    assert reproduce.main(["metrics", "--against", "HEAD"]) == 1
+    captured = capsys.readouterr()
+    assert "| NO |" in captured.out and "pretrain whole-val loss" in captured.err
+    assert reproduce.main(["metrics", "--against", "no-such-revision"]) == 1
+    assert "is not committed at no-such-revision" in capsys.readouterr().err

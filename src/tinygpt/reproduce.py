@@ -45,7 +45,7 @@ CHECKS: tuple[Check, ...] = (
     Check("evaluate val loss, stride 64", "evaluate", "val.loss", 0.03),  # 4.545 fp32, 4.532 bf16
     Check("evaluate ECE", "evaluate", "calibration.ece", 0.01),  # 0.028 fp32, 0.026 bf16
     # Our GPT against its Hugging Face export, both fp32: agreement to float rounding on any CPU.
-    Check("max |logit difference| ours vs transformers", "compare", "fidelity.max_abs_logit_diff", 1e-4),
+    Check("max abs logit difference, ours vs transformers", "compare", "fidelity.max_abs_logit_diff", 1e-4),
     # The RLHF stages amplify small differences: held-out pair accuracy 0.72 fp32 / 0.70 bf16; the gold
     # gain, KL and perplexity change of the default were +0.20 / 4.80 / +6.5% (fp32) and +0.30 / 6.60 /
     # +9.6% (bf16), and earlier runs of the same params on one machine spread +0.19 to +0.32 in gain.
@@ -54,6 +54,15 @@ CHECKS: tuple[Check, ...] = (
     Check("RLHF KL to the reference (nats)", "rlhf", "after.kl_mean", 2.5),
     Check("RLHF val perplexity change (relative)", "rlhf", "change.val_perplexity_relative", 0.05),
 )
+
+
+def committed_metrics(stage: str, revision: str) -> dict:
+    """metrics/<stage>.json as committed at `revision` (git show), before a rerun overwrote it."""
+    path = metrics_file(stage).as_posix()
+    out = subprocess.run(["git", "show", f"{revision}:{path}"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise TinyGptError(f"{path} is not committed at {revision}: commit the metrics of a full `dvc repro`")
+    return json.loads(out.stdout)
 
 
 @dataclass
