@@ -1,4 +1,4 @@
-"""Training tokens/s with glibc's default malloc against `tinygpt.allocator.keep_freed_memory`, side by side.
+"""Training tokens/s with glibc's default malloc against `tinygpt.core.allocator.keep_freed_memory`, side by side.
 
     python benchmarks/cpu_allocator.py              # model + train sections of params.yaml
     python benchmarks/cpu_allocator.py --rounds 3 --steps 15
@@ -24,12 +24,13 @@ def measure(keep: bool, steps: int) -> float:
 
     import torch
 
-    from tinygpt import params, paths
-    from tinygpt.allocator import keep_freed_memory
-    from tinygpt.checkpoint import CheckpointDir
-    from tinygpt.data import read_tokens
-    from tinygpt.device import resolve_precision
-    from tinygpt.train import compiled, init_state, train_step
+    from tinygpt.pipeline import params
+    from tinygpt.pipeline import paths
+    from tinygpt.core.allocator import keep_freed_memory
+    from tinygpt.train.checkpoint import CheckpointDir
+    from tinygpt.data.tokens import read_tokens
+    from tinygpt.core.device import resolve_precision
+    from tinygpt.train.loop import compiled, init_state, pretrain_step
 
     if keep:
         keep_freed_memory()
@@ -43,7 +44,7 @@ def measure(keep: bool, steps: int) -> float:
     seconds = []
     for step in range(3 + steps):
         started = time.perf_counter()
-        train_step(state, runner, p, device, precision, scratch, 0)
+        pretrain_step(state, runner, p, device, precision, scratch, 0)
         if step >= 3:
             seconds.append(time.perf_counter() - started)
     return p.batch_size * p.grad_accum_steps * config.block_size / statistics.median(seconds)

@@ -14,12 +14,13 @@ import json
 
 import torch
 
-from tinygpt import config as gpt_config
-from tinygpt import params, weights
-from tinygpt.device import resolve_device, resolve_precision
-from tinygpt.hf import hf_from_gpt
-from tinygpt.model import GPT
-from tinygpt.speed import SpeedSettings, compare_speed, format_speed
+from tinygpt.model import config as gpt_config
+from tinygpt.pipeline import params
+from tinygpt.model import weights
+from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.model.hf import hf_from_gpt
+from tinygpt.model.gpt import GPT
+from tinygpt.eval.speed import SpeedSettings, compare_speed, format_speed
 
 
 def build_model(args: argparse.Namespace) -> GPT:

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from tinygpt import params
-from tinygpt.device import cpu_has_fast_bf16
-from tinygpt.model import GPT
-from tinygpt.optim import Fp32Muon, is_hidden_matrix, orthogonalise_fp32
+from tinygpt.pipeline import params
+from tinygpt.core.device import cpu_has_fast_bf16
+from tinygpt.model.gpt import GPT
+from tinygpt.train.optim import Fp32Muon, is_hidden_matrix, orthogonalise_fp32
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinygpt import params, paths
-from tinygpt.batches import fixed_batches
-from tinygpt.checkpoint import CheckpointDir
-from tinygpt.data import read_tokens
-from tinygpt.train import compiled, estimate_loss, init_state, train_step
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.data.batches import fixed_batches
+from tinygpt.train.checkpoint import CheckpointDir
+from tinygpt.data.tokens import read_tokens
+from tinygpt.train.loop import compiled, estimate_loss, init_state, pretrain_step
 
 
 def run_lockstep(config, p, precisions: dict[str, tuple[str, int]], steps: int, cpu_time: bool, eval_every: int):
@@ -44,7 +45,7 @@ def run_lockstep(config, p, precisions: dict[str, tuple[str, int]], steps: int, 
     for step in range(steps):
         for run in runs.values():
             started = clock()
-            row = train_step(run["state"], run["runner"], run["p"], device, run["precision"], scratch, 0)
+            row = pretrain_step(run["state"], run["runner"], run["p"], device, run["precision"], scratch, 0)
             run["seconds"].append(clock() - started)
             run["loss"].append(row["loss"])
             if (step + 1) % eval_every == 0 or step + 1 == steps:

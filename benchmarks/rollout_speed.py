@@ -1,5 +1,5 @@
 """RLHF rollouts: `GPT.generate` (re-runs the prefix each token, torch.multinomial) against
-`tinygpt.kv_cache.generate_cached` (key/value cache, one uniform per row), same weights, prompts,
+`tinygpt.model.generate.generate_cached` (key/value cache, one uniform per row), same weights, prompts,
 threads and precision, measured side by side in one run.
 
     python benchmarks/rollout_speed.py                            # the `model` section, random weights
@@ -12,11 +12,12 @@ import time
 
 import torch
 
-from tinygpt import params, weights
-from tinygpt.device import autocast, resolve_precision
-from tinygpt.kv_cache import generate_cached
-from tinygpt.model import GPT
-from tinygpt.tokenizer import EOT_ID
+from tinygpt.pipeline import params
+from tinygpt.model import weights
+from tinygpt.core.device import autocast, resolve_precision
+from tinygpt.model.generate import generate_cached
+from tinygpt.model.gpt import GPT
+from tinygpt.data.tokenizer import EOT_ID
 
 
 def build_model(model_dir: str | None) -> GPT:
@@ -66,7 +67,7 @@ def main() -> None:
     t_full, t_cached = best_seconds(full, args.repeats), best_seconds(cached, args.repeats)
     print(f"{args.batch} prompts x {args.new} new tokens, {torch.get_num_threads()} threads, {precision}")
     print(f"GPT.generate          {t_full:8.3f} s  {tokens / t_full:10.0f} tokens/s")
-    print(f"kv_cache.generate     {t_cached:8.3f} s  {tokens / t_cached:10.0f} tokens/s")
+    print(f"generate_cached       {t_cached:8.3f} s  {tokens / t_cached:10.0f} tokens/s")
     print(f"speed-up              {t_full / t_cached:8.1f}x")
 
 

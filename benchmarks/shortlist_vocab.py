@@ -22,12 +22,13 @@ from pathlib import Path
 
 import torch
 
-from tinygpt import params, paths
-from tinygpt.allocator import keep_freed_memory
-from tinygpt.checkpoint import CheckpointDir
-from tinygpt.data import read_tokens
-from tinygpt.device import resolve_precision
-from tinygpt.train import compiled, init_state, train_step
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.core.allocator import keep_freed_memory
+from tinygpt.train.checkpoint import CheckpointDir
+from tinygpt.data.tokens import read_tokens
+from tinygpt.core.device import resolve_precision
+from tinygpt.train.loop import compiled, init_state, pretrain_step
 
 
 def measure(shortlist: bool, steps: int) -> tuple[float, float]:
@@ -44,7 +45,7 @@ def measure(shortlist: bool, steps: int) -> tuple[float, float]:
     seconds, losses = [], []
     for step in range(3 + steps):
         started = time.perf_counter()
-        row = train_step(state, runner, p, device, precision, scratch, 0)
+        row = pretrain_step(state, runner, p, device, precision, scratch, 0)
         if step >= 3:
             seconds.append(time.perf_counter() - started)
             losses.append(row["loss"])

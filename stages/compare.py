@@ -4,10 +4,16 @@ In: models/pretrain/, data/split/{val.bin, split.json}. Out: models/hf/, metrics
 reports/compare/, plots/compare/."""
 import sys
 
-from tinygpt import data, io, params, paths, tracking, weights
-from tinygpt.cli import run_stage
-from tinygpt.compare import UNAVAILABLE, run_compare, summary_lines, write_compare
-from tinygpt.hf import PretrainedUnavailable
+from tinygpt.data.tokens import read_tokens
+from tinygpt.core import io
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.pipeline import tracking
+from tinygpt.model import weights
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.eval.compare import UNAVAILABLE, run_compare, summary_lines
+from tinygpt.model.hf import PretrainedUnavailable
+from tinygpt.pipeline.outputs.compare import write_compare
 
 
 def main() -> None:
@@ -16,7 +22,7 @@ def main() -> None:
     with tracking.stage_run("compare", flat, p.tracking.experiment) as run:
         model = weights.load_model(paths.PRETRAIN_DIR)
         split = io.read_json(paths.SPLIT_META)
-        result = run_compare(model, p.compare, p.eval, data.read_tokens(paths.VAL_BIN), split["val"]["bytes"],
+        result = run_compare(model, p.compare, p.eval, read_tokens(paths.VAL_BIN), split["val"]["bytes"],
                              paths.HF_DIR, progress=True)
         status = result.pretrained
         run.set_tags({"pretrained_status": status.status, "pretrained": status.name,
@@ -24,8 +30,7 @@ def main() -> None:
         if status.status == UNAVAILABLE:
             print(f"warning: {PretrainedUnavailable(status.name, status.reason)}; "
                   "compared our model with its export only", file=sys.stderr)
-        write_compare(result, paths.COMPARE_PLOTS, paths.COMPARE_REPORTS, paths.COMPARE_TABLE_CSV,
-                      paths.COMPARE_TABLE_MD, paths.RELIABILITY_OVERLAY_PNG)
+        write_compare(result, paths.COMPARE_PLOTS, paths.COMPARE_REPORTS)
         # Folders keep their layout in MLflow (both models write files of the same names).
         run.log_artifact(paths.COMPARE_REPORTS, "reports")
         run.log_artifact(paths.COMPARE_PLOTS, "plots")

@@ -1,9 +1,15 @@
 """Stage evaluate: loss, perplexity, bits per byte, calibration and next-token inspection of the
 pretrained model. In: models/pretrain/, data/split/. Out: metrics/evaluate.json, plots/evaluate/,
 reports/evaluate/."""
-from tinygpt import data, io, params, paths, tracking, weights
-from tinygpt.cli import run_stage
-from tinygpt.evaluate import evaluate_model, summary_line, write_evaluation
+from tinygpt.data.tokens import read_tokens
+from tinygpt.core import io
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.pipeline import tracking
+from tinygpt.model import weights
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.eval.evaluate import evaluate_model, summary_line
+from tinygpt.pipeline.outputs.evaluate import write_evaluation
 
 
 def main() -> None:
@@ -14,8 +20,8 @@ def main() -> None:
         split = io.read_json(paths.SPLIT_META)
         result = evaluate_model(
             model, p.eval,
-            val_tokens=data.read_tokens(paths.VAL_BIN), val_bytes=split["val"]["bytes"],
-            train_tokens=data.read_tokens(paths.TRAIN_BIN), train_bytes=split["train"]["bytes"],
+            val_tokens=read_tokens(paths.VAL_BIN), val_bytes=split["val"]["bytes"],
+            train_tokens=read_tokens(paths.TRAIN_BIN), train_bytes=split["train"]["bytes"],
             progress=True,
         )
         written = write_evaluation(result, paths.EVALUATE_PLOTS, paths.EVALUATE_REPORTS, title="pretrain")

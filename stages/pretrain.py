@@ -3,9 +3,16 @@ In: data/split/train.bin, val.bin. Out: models/pretrain/, metrics/pretrain.json,
 reports/pretrain/ (samples). Checkpoints: .cache/pretrain/<config hash>/."""
 import time
 
-from tinygpt import codedeps, data, io, params, paths, pretrain_outputs, tracking, weights
-from tinygpt.cli import run_stage
-from tinygpt.train import train
+from tinygpt.pipeline import codedeps
+from tinygpt.data.tokens import read_tokens
+from tinygpt.core import io
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.pipeline.outputs import pretrain as pretrain_outputs
+from tinygpt.pipeline import tracking
+from tinygpt.model import weights
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.train.loop import train
 
 
 def main() -> None:
@@ -17,7 +24,7 @@ def main() -> None:
                        code_version=codedeps.code_digest("pretrain"))
         weights.save_model(result.model, paths.PRETRAIN_DIR)
         device = next(result.model.parameters()).device
-        whole_val = pretrain_outputs.whole_split(result.model, data.read_tokens(paths.VAL_BIN),
+        whole_val = pretrain_outputs.whole_split(result.model, read_tokens(paths.VAL_BIN),
                                                  io.read_json(paths.SPLIT_META)["val"]["bytes"], device,
                                                  result.metrics["precision"])
         written = pretrain_outputs.write_plots(result)
@@ -25,14 +32,14 @@ def main() -> None:
         run.log_artifact(paths.PRETRAIN_DIR, "model")
         run.set_tags({"checkpoint_dir": result.checkpoint_dir, "resumed_from_step": result.resumed_from})
         metrics = {**result.metrics, "whole_val": whole_val, "resumed_from_step": result.resumed_from,
-                   "wall_time_s": time.perf_counter() - started}
+                   "wall_seconds": time.perf_counter() - started}
         metrics = run.finish(metrics, artifacts=written)
         io.write_json(paths.metrics_file("pretrain"), metrics)
         final = result.metrics["final"]
         print(f"pretrain: {result.metrics['steps']} steps, val loss {whole_val['loss']:.4f} (perplexity "
               f"{whole_val['perplexity']:.1f}, {whole_val['bits_per_byte']:.3f} bits/byte) on the whole val split, "
               f"{final['val_loss']:.4f} on the fixed batches; {result.metrics['tokens_per_s']:.0f} tokens/s, "
-              f"{metrics['wall_time_s']:.0f} s, peak RSS {result.metrics['peak_rss_mib']:.0f} MiB")
+              f"{metrics['wall_seconds']:.0f} s, peak RSS {result.metrics['peak_rss_mib']:.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Stage report: one MLflow pipeline run per distinct pipeline state, summary.md and an HTML dashboard.
 In: every stage's metrics/<stage>.json, plots/, reports/. Out: reports/summary.md, reports/dashboard.html,
 metrics/report.json."""
-from tinygpt import io, params, paths, report
-from tinygpt.cli import run_stage
+from tinygpt.core import io
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.pipeline import report
+from tinygpt.pipeline.cli import run_stage
 
 
 def main() -> None:

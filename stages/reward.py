@@ -5,37 +5,40 @@ import time
 
 import torch
 
-from tinygpt import io, params, paths, tracking
-from tinygpt import reward_model as rm
-from tinygpt.cli import run_stage
-from tinygpt.device import resolve_device, resolve_precision
-from tinygpt.preferences import load_pairs
-from tinygpt.rlhf_plots import write_curves
-from tinygpt.weights import load_model
+from tinygpt.core import io
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.pipeline import tracking
+from tinygpt.rlhf import reward_model as rm
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.outputs import reward as reward_outputs
+from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.rlhf.preferences import load_pairs
+from tinygpt.model.weights import load_model
 
 
 def main() -> None:
     start = time.perf_counter()
     p = params.load_sections("reward", "tracking")
-    cfg = p.reward
-    with tracking.stage_run("reward", params.flatten({"reward": cfg}), p.tracking.experiment) as run:
-        device = resolve_device(cfg.device)
-        precision = resolve_precision(cfg.precision, device)
+    reward_params = p.reward
+    with tracking.stage_run("reward", params.flatten({"reward": reward_params}), p.tracking.experiment) as run:
+        device = resolve_device(reward_params.device)
+        precision = resolve_precision(reward_params.precision, device)
         pairs = load_pairs(paths.PREFERENCE_PAIRS)
         train, val = rm.pair_tensors(pairs["train"], device), rm.pair_tensors(pairs["validation"], device)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(reward_params.seed)
         model = rm.RewardModel(load_model(paths.PRETRAIN_DIR, device)).to(device)
         history = rm.train_reward_model(
-            model, train, cfg.learning_rate, cfg.weight_decay, cfg.epochs, cfg.batch_size, cfg.warmup_steps,
-            cfg.grad_clip, cfg.seed, precision, on_step=run.log_step,
+            model, train, reward_params.learning_rate, reward_params.weight_decay, reward_params.epochs,
+            reward_params.batch_size, reward_params.warmup_steps, reward_params.grad_clip, reward_params.seed,
+            precision, on_step=run.log_step,
         )
-        rm.fit_normalisation(model, train, 4 * cfg.batch_size, precision)
+        rm.fit_normalisation(model, train, 4 * reward_params.batch_size, precision)
         rm.save_reward_model(model, paths.REWARD_DIR)
-        write_curves(history, paths.REWARD_STEPS_CSV, paths.REWARD_STEPS_PNG,
-                     ["loss", "accuracy", "grad_norm", "lr"], "reward model: Bradley-Terry training")
+        reward_outputs.write_plots(history)
         metrics = {
-            "train": rm.evaluate_pairs(model, train, 4 * cfg.batch_size, precision),
-            "validation": rm.evaluate_pairs(model, val, 4 * cfg.batch_size, precision),
+            "train": rm.evaluate_pairs(model, train, 4 * reward_params.batch_size, precision),
+            "validation": rm.evaluate_pairs(model, val, 4 * reward_params.batch_size, precision),
             "normalisation": {"offset": model.offset.item(), "scale": model.scale.item()},
             "steps": len(history), "precision": precision, "wall_seconds": time.perf_counter() - start,
         }

@@ -6,39 +6,44 @@ import time
 
 import torch
 
-from tinygpt import data, io, params, paths, tracking
-from tinygpt.cli import run_stage
-from tinygpt.device import resolve_device, resolve_precision
-from tinygpt.oracles import Oracle
-from tinygpt.preferences import load_prompts
-from tinygpt.reward_model import load_reward_model
-from tinygpt.rlhf import PolicyWithValue, frozen_copy, train_ppo
-from tinygpt.rlhf_eval import EvalTask, change, evaluate, write_outputs
-from tinygpt.weights import load_model, save_model
+from tinygpt.data.tokens import read_tokens
+from tinygpt.core import io
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.pipeline import tracking
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.outputs.rlhf import write_outputs
+from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.rlhf.oracles import Oracle
+from tinygpt.rlhf.preferences import load_prompts
+from tinygpt.rlhf.reward_model import load_reward_model
+from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
+from tinygpt.rlhf.heldout import EvalTask, change, evaluate
+from tinygpt.model.weights import load_model, save_model
 
 
 def main() -> None:
     start = time.perf_counter()
     p = params.load_sections("rlhf", "preferences", "tracking")
-    cfg, pref = p.rlhf, p.preferences
-    flat = params.flatten({"rlhf": cfg, "preferences": pref})
+    rlhf_params, preferences_params = p.rlhf, p.preferences
+    flat = params.flatten({"rlhf": rlhf_params, "preferences": preferences_params})
     with tracking.stage_run("rlhf", flat, p.tracking.experiment) as run:
-        device = resolve_device(cfg.device)
-        precision = resolve_precision(cfg.precision, device)
+        device = resolve_device(rlhf_params.device)
+        precision = resolve_precision(rlhf_params.precision, device)
         policy = PolicyWithValue(load_model(paths.PRETRAIN_DIR, device)).to(device)
         ref = frozen_copy(policy.gpt)
         task = EvalTask(
             reward_model=load_reward_model(paths.REWARD_DIR, device).requires_grad_(False),
             prompts=torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, "validation"), device=device),
-            val_tokens=data.read_tokens(paths.VAL_BIN), p=cfg,
-            max_new_tokens=pref.continuation_tokens,  # the reward model was trained on this length
-            oracle=Oracle(pref.oracle, pref.keyword), precision=precision,
+            val_tokens=read_tokens(paths.VAL_BIN), rlhf_params=rlhf_params,
+            max_new_tokens=preferences_params.continuation_tokens,  # the reward model was trained on this length
+            oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
         )
         before, before_metrics = evaluate(ref, ref, task)
         ppo_start = time.perf_counter()
         history = train_ppo(
-            policy, ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), cfg,
-            task.max_new_tokens, task.oracle, precision, corpus=data.read_tokens(paths.TRAIN_BIN),
+            policy, ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), rlhf_params,
+            task.max_new_tokens, task.oracle, precision, corpus=read_tokens(paths.TRAIN_BIN),
             on_step=run.log_step,
         )
         ppo_seconds = time.perf_counter() - ppo_start
@@ -52,7 +57,7 @@ def main() -> None:
         }
         io.write_json(paths.metrics_file("rlhf"), run.finish(metrics, artifacts=written))
         d = metrics["change"]
-        print(f"rlhf: oracle '{pref.oracle}' {before_metrics['oracle_mean']:.3f} -> "
+        print(f"rlhf: oracle '{preferences_params.oracle}' {before_metrics['oracle_mean']:.3f} -> "
               f"{after_metrics['oracle_mean']:.3f}, KL {d['kl_mean']:.2f} nats, "
               f"val perplexity {d['val_perplexity_relative']:+.1%}")
 

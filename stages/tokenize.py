@@ -1,16 +1,21 @@
 """Stage tokenize: GPT-2 BPE over the whole corpus.
 In: data/raw/input.txt. Out: data/tokens/{tokens.bin, offsets.npy, meta.json}, metrics/tokenize.json."""
-from tinygpt import data, io, params, paths, tokenizer, tracking
-from tinygpt.cli import run_stage
+from tinygpt.data.tokens import read_corpus, tokenize_text, write_offsets, write_tokens
+from tinygpt.core import io
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.data import tokenizer
+from tinygpt.pipeline import tracking
+from tinygpt.pipeline.cli import run_stage
 
 
 def main() -> None:
     p = params.load_sections("tokenize", "tracking")
     with tracking.stage_run("tokenize", params.flatten({"tokenize": p.tokenize}), p.tracking.experiment) as run:
-        text = data.read_corpus(paths.RAW_CORPUS)
-        corpus = data.tokenize_text(text, tokenizer.get_encoding(p.tokenize.encoding))
-        data.write_tokens(paths.TOKENS_BIN, corpus.tokens)
-        data.write_offsets(paths.TOKEN_OFFSETS, corpus.byte_offsets, corpus.char_offsets)
+        text = read_corpus(paths.RAW_CORPUS)
+        corpus = tokenize_text(text, tokenizer.get_encoding(p.tokenize.encoding))
+        write_tokens(paths.TOKENS_BIN, corpus.tokens)
+        write_offsets(paths.TOKEN_OFFSETS, corpus.byte_offsets, corpus.char_offsets)
         meta = {
             "tokens": len(corpus.tokens),
             "characters": corpus.n_chars,

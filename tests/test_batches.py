@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from tinygpt.batches import RandomWindows, noised
-from tinygpt.params import ParamsError, TrainParams
+from tinygpt.data.batches import RandomWindows, noised
+from tinygpt.pipeline.params import ParamsError, TrainParams
 
 TOKENS = np.arange(1000, dtype=np.uint16) % 250  # token t sits at positions t, t+250, ...
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygpt import calibration as cal
+from tinygpt.eval import calibration as cal
 
 
 def test_bin_index_edges_belong_to_the_bin_they_close():

@@ -15,9 +15,9 @@ import pytest
 from test_pipeline_data import dvc, set_params
 from test_pipeline_experiments import tiny_project  # noqa: F401 (a fixture)
 
-from tinygpt.checkpoint import key_material, run_key
-from tinygpt.config import GPTConfig
-from tinygpt.params import TrainParams
+from tinygpt.train.checkpoint import key_material, run_key
+from tinygpt.model.config import GPTConfig
+from tinygpt.pipeline.params import TrainParams
 
 
 def test_the_key_changes_with_the_code_version(tmp_path):
@@ -60,7 +60,7 @@ def test_unchanged_code_resumes_and_edited_code_trains_from_scratch(tiny_project
 
     # A comment in a module the stage imports: DVC reruns the stage, and the final checkpoint that the
     # old code wrote is not taken as this run's result.
-    with (project / "src/tinygpt/model.py").open("a") as f:
+    with (project / "src/tinygpt/model/gpt.py").open("a") as f:
         f.write("\n# an edit that changes no number, only the code\n")
     out = dvc(project, "repro", "pretrain", own_code=True)
     assert "Running stage 'pretrain'" in out.stdout

@@ -3,11 +3,11 @@ import subprocess
 import sys
 
 import tinygpt
-from tinygpt import cli
+from tinygpt.pipeline import cli
 
 
 def run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "tinygpt.cli", *args], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "tinygpt.pipeline.cli", *args], cwd=cwd, capture_output=True, text=True)
 
 
 def test_version(repo_root):

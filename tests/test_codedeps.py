@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tinygpt import codedeps
+from tinygpt.pipeline import codedeps
 
 
 def dvc_stages(repo_root: Path) -> dict:
@@ -30,41 +30,42 @@ def test_every_stage_lists_exactly_the_modules_its_script_imports(repo_root):
 
 def test_pretrain_closure_reaches_the_modules_the_issue_found_missing(repo_root):
     """The figure helpers the stages draw with were once missing from their deps."""
-    assert "src/tinygpt/rlhf_plots.py" in codedeps.stage_files("pretrain", repo_root)
-    assert "src/tinygpt/evaluate.py" in codedeps.stage_files("reward", repo_root)
-    assert "src/tinygpt/evaluate.py" in codedeps.stage_files("rlhf", repo_root)
+    for stage in ("pretrain", "reward", "rlhf"):
+        assert "src/tinygpt/core/figures.py" in codedeps.stage_files(stage, repo_root)
+        assert "src/tinygpt/pipeline/outputs/curves.py" in codedeps.stage_files(stage, repo_root)
 
 
 def test_exempt_plumbing_is_not_a_dep(repo_root):
     files = codedeps.stage_files("pretrain", repo_root)
-    assert "src/tinygpt/tracking.py" not in files and "src/tinygpt/cli.py" not in files
+    assert "src/tinygpt/pipeline/tracking.py" not in files and "src/tinygpt/pipeline/cli.py" not in files
     assert "stages/__init__.py" not in files  # a docstring only: importing it runs nothing
 
 
 @pytest.mark.parametrize("source, module, is_package, expected", [
-    ("import tinygpt.model", "stages.x", False, {"tinygpt.model"}),
-    ("from tinygpt import io, paths", "stages.x", False, {"tinygpt", "tinygpt.io", "tinygpt.paths"}),
-    ("from .model import GPT", "tinygpt.train", False, {"tinygpt.model", "tinygpt.model.GPT"}),
-    ("from . import io", "tinygpt.train", False, {"tinygpt", "tinygpt.io"}),
-    ("from .. import core", "tinygpt.eval.calibration", False, {"tinygpt", "tinygpt.core"}),
-    ("from .io import x", "tinygpt", True, {"tinygpt.io", "tinygpt.io.x"}),
-    ("def f():\n    import tinygpt.hf\n", "tinygpt.compare", False, {"tinygpt.hf"}),
+    ("import tinygpt.model.gpt", "stages.x", False, {"tinygpt.model.gpt"}),
+    ("from tinygpt.core import io, errors", "stages.x", False,
+     {"tinygpt.core", "tinygpt.core.io", "tinygpt.core.errors"}),
+    ("from .gpt import GPT", "tinygpt.model.hf", False, {"tinygpt.model.gpt", "tinygpt.model.gpt.GPT"}),
+    ("from . import io", "tinygpt.core.checks", False, {"tinygpt.core", "tinygpt.core.io"}),
+    ("from ..core import io", "tinygpt.eval.calibration", False, {"tinygpt.core", "tinygpt.core.io"}),
+    ("from .io import x", "tinygpt.core", True, {"tinygpt.core.io", "tinygpt.core.io.x"}),
+    ("def f():\n    import tinygpt.model.hf\n", "tinygpt.eval.compare", False, {"tinygpt.model.hf"}),
 ])
 def test_imported_names_reads_absolute_relative_and_function_level_imports(source, module, is_package, expected):
     assert codedeps.imported_names(source, module, is_package) == expected
 
 
 def test_module_file_finds_modules_not_names(repo_root):
-    assert codedeps.module_file("tinygpt.model") == repo_root / "src/tinygpt/model.py"
-    assert codedeps.module_file("tinygpt.model.GPT") is None  # a class, not a module
+    assert codedeps.module_file("tinygpt.model.gpt") == repo_root / "src/tinygpt/model/gpt.py"
+    assert codedeps.module_file("tinygpt.model.gpt.GPT") is None  # a class, not a module
     assert codedeps.module_file("stages.pretrain") == repo_root / "stages/pretrain.py"
     assert codedeps.module_file("numpy") is None or not codedeps.is_project("numpy")
 
 
 def test_closure_follows_imports_transitively_and_skips_third_party(repo_root):
     modules = codedeps.closure("stages.evaluate")
-    # stages.evaluate imports tinygpt.evaluate, which imports tinygpt.likelihood: reached indirectly.
-    assert "tinygpt.likelihood" in modules and "tinygpt.evaluate" in modules
+    # stages.evaluate imports tinygpt.eval.evaluate, which imports tinygpt.eval.likelihood: reached indirectly.
+    assert "tinygpt.eval.likelihood" in modules and "tinygpt.eval.evaluate" in modules
     assert all(codedeps.is_project(name) for name in modules)
 
 

@@ -12,10 +12,17 @@ import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from stages import compare as compare_stage
-from tinygpt import compare, data, io, params, paths, tokenizer, tracking, weights
-from tinygpt.cli import run_stage
-from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
+from tinygpt.eval import compare
+from tinygpt.data.tokens import read_tokens, write_tokens
+from tinygpt.core import io
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.data import tokenizer
+from tinygpt.pipeline import tracking
+from tinygpt.model import weights
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
 
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -45,7 +52,7 @@ def project(tmp_path, monkeypatch, mlflow_uri):
     """A temp project: val split, split.json, our (random) model in models/pretrain, a tiny GPT-2 dir."""
     monkeypatch.chdir(tmp_path)
     val = np.array(tokenizer.encode(TEXT * 12), dtype=np.int64)
-    data.write_tokens(paths.VAL_BIN, val)
+    write_tokens(paths.VAL_BIN, val)
     io.write_json(paths.SPLIT_META, {"val": {"tokens": len(val), "bytes": len((TEXT * 12).encode())}})
     torch.manual_seed(0)
     ours = GPT(GPTConfig(vocab_size=tokenizer.N_VOCAB, block_size=32, n_layer=1, n_head=2, n_embd=16))
@@ -77,7 +84,7 @@ def test_stage_with_a_local_pretrained_dir(project):
 
     # (b): both models scored on the same windows of the same tokens; a random GPT-2 is near uniform.
     assert m["ours"]["windows"] == m["gpt2"]["windows"] == {"context": 32, "stride": 16}
-    assert m["ours"]["val"]["tokens"] == m["gpt2"]["val"]["tokens"] == len(data.read_tokens(paths.VAL_BIN)) - 1
+    assert m["ours"]["val"]["tokens"] == m["gpt2"]["val"]["tokens"] == len(read_tokens(paths.VAL_BIN)) - 1
     assert abs(m["gpt2"]["val"]["loss"] - math.log(tokenizer.N_VOCAB)) < 0.05
     assert m["gpt2"]["parameters"] == GPT2LMHeadModel.from_pretrained(str(project / "gpt2-tiny")).num_parameters()
 
@@ -142,7 +149,7 @@ def test_require_pretrained_makes_it_an_error(project, monkeypatch, capsys):
 
 def test_fidelity_detects_a_different_model():
     """The fidelity numbers can fail: a perturbed export shows a logit difference and a loss gap."""
-    from tinygpt.hf import hf_from_gpt
+    from tinygpt.model.hf import hf_from_gpt
 
     torch.manual_seed(1)
     ours = GPT(GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()

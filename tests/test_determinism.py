@@ -1,7 +1,7 @@
 """Same seed, same weights, where it can break: compiled training of the pipeline's default model and
 training shape (params.yaml) with two CPU threads, on the real corpus.
 
-Checked by hand that this test can fail: with `tinygpt.train.deterministic_kernels` replaced by
+Checked by hand that this test can fail: with `tinygpt.train.loop.deterministic_kernels` replaced by
 `contextlib.nullcontext` (torch.use_deterministic_algorithms left off), the two uninterrupted runs below
 differed in all 77 weight tensors after 40 steps (2 threads, fp32, AMD EPYC), and the test failed; with
 the flag on they are identical. So the assertions are what the flag buys.
@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from test_train import Interrupted, crash_at
-from tinygpt import data, params, tokenizer
-from tinygpt.train import train
+from tinygpt.data.tokens import write_tokens
+from tinygpt.pipeline import params
+from tinygpt.data import tokenizer
+from tinygpt.train.loop import train
 
 
 @pytest.fixture
@@ -31,8 +33,8 @@ def two_threads():
 def corpus(tmp_path, shakespeare_path):
     ids = np.asarray(tokenizer.encode(shakespeare_path.read_text()[:150_000]))
     cut = int(len(ids) * 0.9)
-    data.write_tokens(tmp_path / "train.bin", ids[:cut])
-    data.write_tokens(tmp_path / "val.bin", ids[cut:])
+    write_tokens(tmp_path / "train.bin", ids[:cut])
+    write_tokens(tmp_path / "val.bin", ids[cut:])
     return tmp_path / "train.bin", tmp_path / "val.bin"
 
 

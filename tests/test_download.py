@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from tinygpt.download import DownloadError, download_corpus
+from tinygpt.data.download import DownloadError, download_corpus
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n".encode()
 SHA = hashlib.sha256(TEXT).hexdigest()
@@ -107,7 +107,7 @@ def test_unsupported_scheme(tmp_path):
 
 
 def test_the_real_corpus_checksum(shakespeare_path, tmp_path):
-    from tinygpt.params import DataParams
+    from tinygpt.pipeline.params import DataParams
 
     result = download_corpus([str(shakespeare_path)], DataParams().sha256, tmp_path / "input.txt")
     assert result.n_bytes == 1_115_394

@@ -10,13 +10,22 @@ import torch
 import yaml
 
 from stages import evaluate as evaluate_stage
-from tinygpt import calibration, data, inspection, io, params, paths, tokenizer, tracking, weights
-from tinygpt.cli import run_stage
-from tinygpt.config import GPTConfig
-from tinygpt.evaluate import evaluate_model, text_bytes, window_shape, write_evaluation
-from tinygpt.likelihood import lm_head_logits, split_nll
-from tinygpt.model import GPT
-from tinygpt.params import EvalParams, ParamsError
+from tinygpt.eval import calibration
+from tinygpt.data.tokens import write_tokens
+from tinygpt.eval import inspection
+from tinygpt.core import io
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.data import tokenizer
+from tinygpt.pipeline import tracking
+from tinygpt.model import weights
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.model.config import GPTConfig
+from tinygpt.eval.evaluate import evaluate_model, text_bytes, window_shape
+from tinygpt.eval.likelihood import lm_head_logits, split_nll
+from tinygpt.model.gpt import GPT
+from tinygpt.pipeline.outputs.evaluate import write_evaluation
+from tinygpt.pipeline.params import EvalParams, ParamsError
 
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -182,8 +191,8 @@ def make_project(root, splits, eval_values):
     val, val_bytes, train, train_bytes = splits
     io.write_text(root / params.PARAMS_FILE, yaml.safe_dump({"tracking": {"experiment": "evaluate-test"},
                                                              "eval": eval_values}))
-    data.write_tokens(root / paths.VAL_BIN, val)
-    data.write_tokens(root / paths.TRAIN_BIN, train)
+    write_tokens(root / paths.VAL_BIN, val)
+    write_tokens(root / paths.TRAIN_BIN, train)
     io.write_json(root / paths.SPLIT_META, {"train": {"tokens": len(train), "bytes": train_bytes},
                                             "val": {"tokens": len(val), "bytes": val_bytes}})
     weights.save_model(tiny_gpt(seed=3), root / paths.PRETRAIN_DIR)

@@ -7,10 +7,10 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, pipeline
 
-from tinygpt import hf
-from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
-from tinygpt.tokenizer import EOT_ID, N_VOCAB, gpt2_encoding
+from tinygpt.model import hf
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.data.tokenizer import EOT_ID, N_VOCAB, gpt2_encoding
 
 VOCAB = 500
 

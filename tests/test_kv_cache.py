@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from tinygpt.config import GPTConfig
-from tinygpt.kv_cache import forward_cached, generate_cached, sample_softmax
-from tinygpt.model import GPT
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.generate import generate_cached, sample_softmax
+from tinygpt.model.gpt import GPT, KVCache
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -20,12 +20,41 @@ def test_cached_hidden_states_equal_the_full_forward():
     seq = torch.randint(0, 64, (3, 20), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full = model.hidden_states(seq)
-        hidden, cache = forward_cached(model, seq[:, :7], None, 0)
-        parts = [hidden]
+        cache = KVCache(model.config.n_layer)
+        parts = [model.hidden_states(seq[:, :7], cache)]
         for t in range(7, 20):
-            hidden, cache = forward_cached(model, seq[:, t : t + 1], cache, t)
-            parts.append(hidden)
+            parts.append(model.hidden_states(seq[:, t : t + 1], cache))
+    assert cache.pos == 20 and cache.keys[1].shape == (3, 2, 20, 8)
     torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_several_new_tokens_on_a_cache_give_the_full_forward_logits():
+    model = tiny_gpt()
+    seq = torch.randint(0, 64, (3, 24), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, _ = model(seq)
+        cache = KVCache(model.config.n_layer)
+        # chunks of 5, 1, 7, 11: query i of a chunk must see the cache and the chunk's tokens <= i only
+        parts = [model(seq[:, a:b], cache=cache)[0] for a, b in ((0, 5), (5, 6), (6, 13), (13, 24))]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_a_cache_beyond_the_context_is_an_error():
+    model = tiny_gpt()
+    cache = KVCache(model.config.n_layer)
+    with torch.no_grad():
+        model(torch.zeros(1, 20, dtype=torch.long), cache=cache)
+        with pytest.raises(ValueError, match="20 cached \\+ 5 new tokens exceed the context of 24"):
+            model(torch.zeros(1, 5, dtype=torch.long), cache=cache)
+        model(torch.zeros(1, 4, dtype=torch.long), cache=cache)  # exactly the context is fine
+    assert cache.pos == 24
+
+
+def test_a_cache_with_dropout_in_training_mode_is_an_error():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, block_size=24, n_layer=2, n_head=2, n_embd=16, dropout=0.1))
+    with pytest.raises(ValueError, match="needs eval mode"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache=KVCache(2))
 
 
 def test_sample_softmax_draws_from_the_tempered_softmax():

@@ -7,15 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygpt.config import GPTConfig
-from tinygpt.likelihood import (
+from tinygpt.model.config import GPTConfig
+from tinygpt.eval.likelihood import (
     bits_per_byte,
-    eval_mode,
     even_segments,
     split_nll,
     windows,
 )
-from tinygpt.model import GPT
+from tinygpt.core.modes import eval_mode
+from tinygpt.model.gpt import GPT
 
 CONTEXT = 16
 

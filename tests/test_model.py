@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from tinygpt.config import PRESETS, ConfigError, GPTConfig, preset
-from tinygpt.model import GPT, filter_logits, sample_next
+from tinygpt.model.config import PRESETS, ConfigError, GPTConfig, preset
+from tinygpt.model.gpt import GPT, filter_logits, sample_next
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
@@ -100,7 +100,7 @@ def test_unknown_preset_and_keys():
         preset("gpt5")
     with pytest.raises(ConfigError, match=r"unknown model config keys \['n_layers'\]"):
         GPTConfig.from_dict({"n_layers": 2})
-    assert set(PRESETS) >= {"gpt2", "cpu-small"}
+    assert set(PRESETS) >= {"gpt2", "default"}
 
 
 # ---------------------------------------------------------------- generation

@@ -1,7 +1,7 @@
 import pytest
 
-from tinygpt.oracles import Oracle, brevity_score, keyword_score, prefer, sentiment_score
-from tinygpt.tokenizer import EOT_ID
+from tinygpt.rlhf.oracles import Oracle, brevity_score, keyword_score, prefer, sentiment_score
+from tinygpt.data.tokenizer import EOT_ID
 
 
 def test_sentiment_is_vader_compound():
@@ -17,7 +17,7 @@ def test_brevity_counts_tokens_before_end_of_text():
 
 
 def test_brevity_ends_a_reply_at_a_blank_line_however_it_is_tokenized():
-    from tinygpt.tokenizer import encode
+    from tinygpt.data.tokenizer import encode
 
     speech = encode("ROMEO:\nI love thee.")  # 5+ tokens, no blank line
     assert brevity_score(speech + encode("\n\n") + encode("JULIET:\nAy.")) == -float(len(speech))

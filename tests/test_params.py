@@ -1,12 +1,15 @@
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import declared_paths
-from tinygpt import params, paths
-from tinygpt.params import ParamsError
+from tinygpt.model.config import GPTConfig, preset
+from tinygpt.pipeline import params
+from tinygpt.pipeline import paths
+from tinygpt.pipeline.params import ParamsError
 
 
 def write(tmp_path, text: str) -> Path:
@@ -23,7 +26,23 @@ def test_repository_params_are_valid(repo_root):
 
 def test_defaults_fill_missing_keys(tmp_path):
     p = params.load_sections("split", "data", path=write(tmp_path, "split: {}\n"))
-    assert p.split.val_fraction == 0.1 and p.data.mirrors == []
+    assert p.split.val_fraction == 0.1 and p.data.mirrors == ["../shared/corpora/tinyshakespeare.txt"]
+
+
+@pytest.mark.parametrize("name", list(params.SECTIONS))
+def test_dataclass_defaults_are_the_params_yaml_recipe(repo_root, name):
+    """`TrainParams()` (in a test, a benchmark) is the pipeline's recipe: every default is params.yaml's
+    value, and params.yaml sets every key (so each key's meaning is written once, there)."""
+    raw = params.read_yaml(repo_root / "params.yaml")[name]
+    from_yaml = dataclasses.asdict(params.build_section(name, raw))  # unknown keys fail here
+    defaults = dataclasses.asdict(params.SECTIONS[name]())
+    assert sorted(raw) == sorted(defaults), f"params.yaml {name}: keys differ from {params.SECTIONS[name].__name__}'s"
+    differing = {f"{name}.{key}": (value, from_yaml[key]) for key, value in defaults.items() if value != from_yaml[key]}
+    assert not differing, f"dataclass default differs from params.yaml (default, params.yaml): {differing}"
+
+
+def test_the_default_preset_is_the_default_config(repo_root):
+    assert preset("default") == GPTConfig() == params.load_all(repo_root / "params.yaml")["model"]
 
 
 def test_unknown_key_names_key_and_allowed(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from test_pipeline_data import copy_project, dvc, set_params
 
-from tinygpt import params
+from tinygpt.pipeline import params
 
 # A pipeline small enough to run in a minute or two on a laptop CPU.
 TINY = {

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from tinygpt import ppo
+from tinygpt.rlhf import ppo
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -3,7 +3,9 @@ import json
 
 import pytest
 
-from tinygpt import io, paths, report
+from tinygpt.core import io
+from tinygpt.pipeline import paths
+from tinygpt.pipeline import report
 
 PNG_1PX = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

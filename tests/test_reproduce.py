@@ -4,8 +4,8 @@ import subprocess
 
 import yaml
 
-from tinygpt import reproduce
-from tinygpt.reproduce import Check, compare, stage_out_hashes, table
+from tinygpt.pipeline import reproduce
+from tinygpt.pipeline.reproduce import Check, compare, stage_out_hashes, table
 
 CHECKS = (Check("loss", "pretrain", "whole_val.loss", 0.03), Check("tokens", "split", "train.tokens", 0))
 COMMITTED = {"pretrain": {"whole_val": {"loss": 4.54}}, "split": {"train": {"tokens": 301_966}}}
@@ -78,9 +78,9 @@ def test_ci_runs_the_readme_commands_the_whole_pipeline_and_its_checks(repo_root
     repro_recipe = makefile.split("\nrepro:", 1)[1].split("\n\n", 1)[0]
     assert repro_recipe.rstrip().endswith("dvc repro"), "make repro must run the whole pipeline"
     assert "-m pytest -q" in makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
-    assert "python -m tinygpt.reproduce metrics --against HEAD" in ci
+    assert "python -m tinygpt.pipeline.reproduce metrics --against HEAD" in ci
     assert "dvc repro --force --single-item evaluate" in ci
-    assert ci.index("make test") < ci.index("make repro") < ci.index("python -m tinygpt.reproduce metrics --against HEAD")
+    assert ci.index("make test") < ci.index("make repro") < ci.index("python -m tinygpt.pipeline.reproduce metrics --against HEAD")
 
 
 def test_the_metrics_command_compares_the_workspace_with_a_commit(tmp_path, monkeypatch, capsys):

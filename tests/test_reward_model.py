@@ -5,10 +5,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tinygpt import reward_model as rm
-from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
-from tinygpt.tokenizer import EOT_ID
+from tinygpt.rlhf import reward_model as rm
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.data.tokenizer import EOT_ID
 
 MARK = 922  # the token that makes a continuation preferred in the synthetic pairs
 pytestmark = pytest.mark.usefixtures("single_thread")

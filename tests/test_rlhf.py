@@ -11,17 +11,19 @@ import pytest
 import torch
 import yaml
 
-from tinygpt import data, io, paths
-from tinygpt import preferences as prefs
-from tinygpt import reward_model as rm
-from tinygpt.cli import run_stage
-from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
-from tinygpt.oracles import Oracle
-from tinygpt.params import PreferencesParams, RlhfParams
-from tinygpt.rlhf import PolicyWithValue, frozen_copy, train_ppo
-from tinygpt.rlhf_eval import held_out
-from tinygpt.weights import save_model
+from tinygpt.data.tokens import write_tokens
+from tinygpt.core import io
+from tinygpt.pipeline import paths
+from tinygpt.rlhf import preferences as prefs
+from tinygpt.rlhf import reward_model as rm
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.rlhf.oracles import Oracle
+from tinygpt.pipeline.params import PreferencesParams, RlhfParams
+from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
+from tinygpt.rlhf.heldout import held_out
+from tinygpt.model.weights import save_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -104,8 +106,8 @@ def tiny_project(tmp_path, monkeypatch, pretrained, repo_root, **overrides) -> N
     """A project folder with the split, the pretrained model and small params; the working directory."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(repo_root))  # for `stages`
-    data.write_tokens(paths.TRAIN_BIN, tiny_language(600, 1))
-    data.write_tokens(paths.VAL_BIN, tiny_language(150, 2))
+    write_tokens(paths.TRAIN_BIN, tiny_language(600, 1))
+    write_tokens(paths.VAL_BIN, tiny_language(150, 2))
     save_model(pretrained, paths.PRETRAIN_DIR)
     values = yaml.safe_load((repo_root / "params.yaml").read_text())
     values["preferences"].update(oracle="keyword", keyword=KEYWORD, prompt_tokens=4, continuation_tokens=10,

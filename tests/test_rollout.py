@@ -1,12 +1,12 @@
 import pytest
 import torch
 
-from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
-from tinygpt.rollout import (
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.rlhf.rollout import (
     Rollout, response_mask, rollout_logprobs, sample, sample_in_batches, token_entropy, token_logprobs,
 )
-from tinygpt.tokenizer import EOT_ID
+from tinygpt.data.tokenizer import EOT_ID
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from tinygpt import data
-from tinygpt.config import GPTConfig
-from tinygpt.params import ParamsError, TrainParams
-from tinygpt.shortlist import ShortlistGPT, TrainVocabulary, good_turing_unseen_mass
-from tinygpt.train import train
+from tinygpt.data.tokens import write_tokens
+from tinygpt.model.config import GPTConfig
+from tinygpt.pipeline.params import ParamsError, TrainParams
+from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary, good_turing_unseen_mass
+from tinygpt.train.loop import train
 
 CONFIG = GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 TRAIN_IDS = np.random.default_rng(0).integers(0, 120, 4000)  # ids 120..299 never occur in training
@@ -91,11 +91,12 @@ def test_training_with_the_shortlist_matches_full_vocabulary_training_in_loss(tm
     """Same data, both parameterisations learn; the shortlist's unseen rows stay identical."""
     train_path, val_path = tmp_path / "train.bin", tmp_path / "val.bin"
     cycle = np.random.default_rng(0).permutation(48)  # 48 of 64 ids occur in training
-    data.write_tokens(train_path, np.tile(cycle, 10))
-    data.write_tokens(val_path, np.tile(cycle, 2))
+    write_tokens(train_path, np.tile(cycle, 10))
+    write_tokens(val_path, np.tile(cycle, 2))
     config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     p = TrainParams(max_steps=100, batch_size=8, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=50,
-                    eval_batches=2, checkpoint_interval=100, device="cpu", precision="fp32", compile=False)
+                    eval_batches=2, checkpoint_interval=100, device="cpu", precision="fp32", compile=False,
+                    optimizer="adamw", weight_decay=0.1, unseen_smoothing=0.0, input_noise=0.0)
     short = train(config, p, train_path, val_path, tmp_path / "a")
     full = train(config, dataclasses.replace(p, shortlist_vocab=False), train_path, val_path, tmp_path / "b")
     assert short.evals[0]["val_loss"] == pytest.approx(math.log(64), abs=0.1)
@@ -121,12 +122,12 @@ def test_training_steps_follow_the_full_gpt_whose_unseen_rows_start_equal(kind):
     """AdamW (or Muon + AdamW) with clipping on the compact model = the same on its expansion, step for
     step (up to float rounding, which AdamW's first steps magnify for near-zero gradients: a fraction of
     one step, lr)."""
-    from tinygpt.optim import build_optimizer
+    from tinygpt.train.optim import build_optimizer
 
     torch.manual_seed(0)
     compact = ShortlistGPT(CONFIG, TrainVocabulary.of(TRAIN_IDS, 300)).train()
     full = compact.to_full().train()
-    p = TrainParams(learning_rate=3e-3, weight_decay=0.1, grad_clip=0.5, optimizer=kind)
+    p = TrainParams(learning_rate=3e-3, weight_decay=0.1, muon_weight_decay=0.1, grad_clip=0.5, optimizer=kind)
     optimizers = [build_optimizer(m, p, torch.device("cpu")) for m in (compact, full)]
     gen = torch.Generator().manual_seed(2)
     for _ in range(5):

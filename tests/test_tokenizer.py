@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import tiktoken_ext.openai_public
 
-from tinygpt import tokenizer
-from tinygpt.tokenizer import TokenizerFilesError
+from tinygpt.data import tokenizer
+from tinygpt.data.tokenizer import TokenizerFilesError
 
 
 def test_known_ids():

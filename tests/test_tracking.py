@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tinygpt import tracking
+from tinygpt.pipeline import tracking
 
 
 def test_repo_root_from_a_dvc_temp_experiment(tmp_path):

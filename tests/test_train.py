@@ -10,19 +10,23 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import declared_paths
-from tinygpt import data, tokenizer
-from tinygpt import train as train_module
-from tinygpt.checkpoint import CHECKPOINT_FILE
-from tinygpt.config import GPTConfig
-from tinygpt.model import GPT
-from tinygpt.optim import build_optimizer, build_schedule, lr_at
-from tinygpt.params import ParamsError, TrainParams
-from tinygpt.train import NonFiniteLossError, train
+from tinygpt.data.tokens import write_tokens
+from tinygpt.data import tokenizer
+from tinygpt.train import loop as train_module
+from tinygpt.train.checkpoint import CHECKPOINT_FILE
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.train.optim import build_optimizer, build_schedule, lr_at
+from tinygpt.pipeline.params import ParamsError, TrainParams
+from tinygpt.train.loop import NonFiniteLossError, train
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+# A tiny, fast recipe, not the pipeline's (TrainParams() is params.yaml's): eager AdamW with light decay, no
+# label smoothing, no input noise.
 FAST = TrainParams(max_steps=20, batch_size=8, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=10,
                    eval_batches=2, checkpoint_interval=5, log_interval=5, device="cpu", precision="fp32",
-                   compile=False, sample_tokens=8)
+                   compile=False, sample_tokens=8, optimizer="adamw", weight_decay=0.1, muon_weight_decay=0.1,
+                   unseen_smoothing=0.0, input_noise=0.0)
 MUON = dataclasses.replace(FAST, optimizer="muon", muon_weight_decay=0.3)
 
 
@@ -54,8 +58,8 @@ def corpus(tmp_path):
     model that learns the cycle predicts every token: the loss can go to zero."""
     cycle = np.random.default_rng(0).permutation(64)
     train_path, val_path = tmp_path / "train.bin", tmp_path / "val.bin"
-    data.write_tokens(train_path, np.tile(cycle, 10))
-    data.write_tokens(val_path, np.tile(cycle, 2))
+    write_tokens(train_path, np.tile(cycle, 10))
+    write_tokens(val_path, np.tile(cycle, 2))
     return train_path, val_path
 
 
@@ -212,7 +216,7 @@ def test_bad_optimizer_params_name_the_key(changes, key):
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(corpus, tmp_path, monkeypatch):
-    import tinygpt.train as train_module
+    import tinygpt.train.loop as train_module
 
     real_forward, calls = train_module.forward, []
 
@@ -239,16 +243,17 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     from stages import pretrain as stage
 
     ids = np.asarray(tokenizer.encode(shakespeare_path.read_text()[:12000]))
-    data.write_tokens(tmp_path / "data/split/train.bin", ids[:3000])
-    data.write_tokens(tmp_path / "data/split/val.bin", ids[3000:])
+    write_tokens(tmp_path / "data/split/train.bin", ids[:3000])
+    write_tokens(tmp_path / "data/split/val.bin", ids[3000:])
     val_bytes = len(tokenizer.gpt2_encoding().decode(ids[3000:].tolist()).encode())
     (tmp_path / "data/split/split.json").write_text(json.dumps({"val": {"bytes": val_bytes}}))
     params = {
         "tracking": {"experiment": "test-pretrain"},
         "model": {"vocab_size": 50257, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
-        "train": {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "eval_interval": 3, "eval_batches": 1,
-                  "checkpoint_interval": 3, "device": "cpu", "precision": "fp32", "compile": False,
-                  "sample_tokens": 5},
+        "train": {"max_steps": 6, "batch_size": 4, "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_steps": 2,
+                  "weight_decay": 0.1, "optimizer": "adamw", "unseen_smoothing": 0.0, "input_noise": 0.0,
+                  "eval_interval": 3, "eval_batches": 1, "checkpoint_interval": 3, "device": "cpu",
+                  "precision": "fp32", "compile": False, "sample_tokens": 5},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
@@ -258,7 +263,7 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     assert metrics["steps"] == 6 and metrics["tokens_seen"] == 6 * 4 * 32 and metrics["resumed_from_step"] == 0
     assert metrics["params"]["total"] == 50257 * 16 + 32 * 16 + metrics["params"]["non_embedding"]
     assert metrics["final"]["val_loss"] < math.log(50257) and metrics["best"]["val_loss"] <= metrics["final"]["val_loss"]
-    assert metrics["precision"] == "fp32" and metrics["peak_rss_mib"] > 0 and metrics["wall_time_s"] > 0
+    assert metrics["precision"] == "fp32" and metrics["peak_rss_mib"] > 0 and metrics["wall_seconds"] > 0
     seen = len(np.unique(ids[:3000]))  # train.shortlist_vocab is on by default
     assert metrics["vocabulary"] == {"shortlist": True, "softmax_rows": seen + 1, "seen_tokens": seen,
                                      "unseen_tokens": 50257 - seen, "unseen_smoothing": 0.0}
@@ -298,8 +303,8 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
 def test_training_runs_with_deterministic_kernels_and_restores_the_setting(corpus, tmp_path, monkeypatch):
     """Compiled default-size runs drifted apart without deterministic algorithms (see deterministic_kernels)."""
     seen = []
-    real_step = train_module.train_step
-    monkeypatch.setattr(train_module, "train_step",
+    real_step = train_module.pretrain_step
+    monkeypatch.setattr(train_module, "pretrain_step",
                         lambda *a, **k: seen.append(torch.are_deterministic_algorithms_enabled()) or real_step(*a, **k))
     assert not torch.are_deterministic_algorithms_enabled()
     run(corpus, tmp_path / "ckpt")
@@ -327,11 +332,11 @@ def test_compiled_training_is_reproducible_and_resumes_exactly(corpus, tmp_path)
 def test_dvc_declares_the_library_paths_of_the_pretrain_stage(repo_root):
     import yaml
 
-    from tinygpt import paths
+    from tinygpt.pipeline import paths
 
     stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["pretrain"]
     assert stage["outs"] == [str(paths.PRETRAIN_DIR), str(paths.PRETRAIN_REPORTS)]
     assert declared_paths(stage["metrics"]) == [str(paths.metrics_file("pretrain"))]
     assert stage["plots"] == [str(p) for p in (paths.PRETRAIN_STEPS_CSV, paths.PRETRAIN_EVAL_CSV,
                                                 paths.PRETRAIN_STEPS_PNG, paths.PRETRAIN_EVAL_PNG)]
-    assert {str(paths.TRAIN_BIN), str(paths.VAL_BIN), "src/tinygpt/train.py", "src/tinygpt/model.py"} <= set(stage["deps"])
+    assert {str(paths.TRAIN_BIN), str(paths.VAL_BIN), "src/tinygpt/train/loop.py", "src/tinygpt/model/gpt.py"} <= set(stage["deps"])

@@ -1,0 +1,52 @@
+"""Figures: matplotlib on its Agg backend (no display needed), PNGs written atomically, and the panel
+figure of per-step curves that pretraining, the reward model and PPO share.
+
+Every figure-maker gets pyplot from `pyplot()`, so the backend is chosen in one place, before the first
+figure; domain code returns figures, and the pipeline writes them with `write_figure`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from tinygpt.core import io
+
+DPI = 120  # every PNG of the pipeline (its bytes are compared run to run)
+
+
+def pyplot():
+    """matplotlib.pyplot on the Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_figure(fig, path: Path) -> None:
+    """`fig` as a PNG at `path` (atomically), then closed."""
+    with io.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    pyplot().close(fig)
+
+
+def curves_figure(history: pd.DataFrame, columns: list[str], title: str, x: str = "step"):
+    """One small panel per column against `x`, the raw values and a moving average."""
+    plt = pyplot()
+    n_cols = min(4, len(columns))
+    n_rows = math.ceil(len(columns) / n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.2 * n_cols, 2.5 * n_rows), squeeze=False)
+    window = max(1, len(history) // 10)
+    for ax, column in zip(axes.flat, columns):
+        ax.plot(history[x], history[column], color="tab:blue", alpha=0.35, linewidth=1)
+        ax.plot(history[x], history[column].rolling(window, min_periods=1).mean(), color="tab:blue")
+        ax.set_title(column, fontsize=9)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(columns) :]:
+        ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,1 @@
+"""The corpus: download, tokenizer, token files and training batches."""

@@ -1,0 +1,1 @@
+"""Evaluation: likelihood, calibration, inspection, comparison with Hugging Face GPT-2, speed."""

@@ -1,0 +1,219 @@
+"""Negative log-likelihood of a token split in windows of the model's context.
+
+Every token after the first is scored exactly once. Window k feeds tokens [k*stride, k*stride + context)
+and scores only the targets no earlier window scored (the Hugging Face perplexity guide's sliding
+window): with stride < context each scored token sees at least context - stride tokens of history;
+with stride == context the windows do not overlap and every target of a window is scored.
+
+The LM head runs only on the scored positions, in row chunks, and the log-softmax is taken in fp32.
+The final hidden states of the scored positions can be kept: they are n_embd numbers per position
+instead of vocab_size logits, and the exact logits are recomputed from them (temperature fitting).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from tinygpt.core.device import autocast
+from tinygpt.core.modes import eval_mode
+from tinygpt.model.gpt import GPT
+
+# Rows of fp32 logits formed at once, whatever the batch and context: 256 x 50257 x 4 bytes ~ 51 MB.
+# Small enough that the allocator reuses the buffers; chunks of 400 MB+ came fresh from the OS each time
+# and page faults cost more than the arithmetic.
+LOGIT_ROWS = 256
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int  # first input token; the targets are tokens[start + 1 : start + length + 1]
+    length: int  # input tokens (<= context)
+    n_new: int  # the last n_new targets of the window are scored; earlier ones were scored before
+
+
+def windows(n_tokens: int, context: int, stride: int, offset: int = 0) -> list[Window]:
+    """The windows that score targets 1..n_tokens-1 of a run of tokens (starting at `offset`) once each."""
+    if not 1 <= stride <= context:
+        raise ValueError(f"stride must be in [1, context={context}], got {stride}")
+    last_target = n_tokens - 1
+    out: list[Window] = []
+    scored_until, start = 0, 0  # targets 1..scored_until are done
+    while scored_until < last_target:
+        end = min(start + context, last_target)
+        out.append(Window(offset + start, end - start, end - scored_until))
+        scored_until = end
+        start += stride
+    return out
+
+
+@dataclass
+class PositionStats:
+    """Per scored position, in text order."""
+
+    nll: np.ndarray  # float32, nats
+    confidence: np.ndarray  # float32, top-1 probability
+    correct: np.ndarray  # bool, top-1 token == target
+
+
+@dataclass
+class NllResult:
+    total_nll: float  # nats, summed over scored tokens
+    n_tokens: int  # scored tokens
+    positions: PositionStats  # per scored position, in text order
+    hidden: torch.Tensor | None = None  # (n_tokens, n_embd) fp32 on CPU, with keep_hidden
+    targets: torch.Tensor | None = None  # (n_tokens,) int64 on CPU, with keep_hidden
+
+    @property
+    def mean_nll(self) -> float:
+        return self.total_nll / self.n_tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.mean_nll)
+
+    def bits_per_byte(self, n_bytes: int) -> float:
+        """Total NLL in bits over the UTF-8 bytes of the text: comparable across tokenizers."""
+        return bits_per_byte(self.total_nll, n_bytes)
+
+    @property
+    def accuracy(self) -> float:
+        """Fraction of scored positions whose most likely token was the right one."""
+        return float(self.positions.correct.mean())
+
+
+def bits_per_byte(total_nll: float, n_bytes: int) -> float:
+    if n_bytes <= 0:
+        raise ValueError(f"bits per byte needs a positive byte count, got {n_bytes}")
+    return total_nll / (math.log(2) * n_bytes)
+
+
+def position_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> PositionStats:
+    """NLL, top-1 probability and top-1 correctness of logits (rows, vocab) at a temperature, in fp32.
+
+    From logsumexp, max and a gather, without materialising the (rows, vocab) log-probabilities.
+    """
+    z = logits.float() if temperature == 1.0 else logits.float() / temperature
+    targets = targets.to(z.device)
+    lse = torch.logsumexp(z, dim=-1)
+    top_z, top_id = z.max(dim=-1)
+    nll = lse - z.gather(-1, targets[:, None]).squeeze(-1)
+    return PositionStats(
+        nll=nll.cpu().numpy().astype(np.float32),
+        confidence=torch.exp(top_z - lse).cpu().numpy().astype(np.float32),
+        correct=(top_id == targets).cpu().numpy(),
+    )
+
+
+def concat_stats(parts: Sequence[PositionStats]) -> PositionStats:
+    return PositionStats(
+        nll=np.concatenate([p.nll for p in parts]),
+        confidence=np.concatenate([p.confidence for p in parts]),
+        correct=np.concatenate([p.correct for p in parts]),
+    )
+
+
+def lm_head_logits(model: GPT, device: torch.device, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """hidden rows -> fp32 logits, with the same device and autocast as the evaluation pass."""
+
+    def head(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(device, precision):
+            return model.lm_head(hidden.to(device)).float()
+
+    return head
+
+
+def row_chunks(n_rows: int, rows: int | None = None) -> Iterator[slice]:
+    rows = rows or LOGIT_ROWS
+    for begin in range(0, n_rows, rows):
+        yield slice(begin, min(begin + rows, n_rows))
+
+
+def batches(all_windows: list[Window], batch_size: int) -> Iterator[list[Window]]:
+    """Consecutive windows of equal length, at most batch_size at a time (a batch is one tensor)."""
+    batch: list[Window] = []
+    for window in all_windows:
+        if batch and (len(batch) == batch_size or window.length != batch[0].length):
+            yield batch
+            batch = []
+        batch.append(window)
+    if batch:
+        yield batch
+
+
+def window_tensors(tokens: np.ndarray, batch: list[Window], device: torch.device):
+    """Inputs (B, L), targets (B, L) and the mask (B, L) of positions scored for the first time."""
+    length = batch[0].length
+    rows = np.stack([np.asarray(tokens[w.start : w.start + length + 1], dtype=np.int64) for w in batch])
+    x = torch.from_numpy(rows[:, :-1]).to(device)
+    y = torch.from_numpy(rows[:, 1:]).to(device)
+    first_new = torch.tensor([length - w.n_new for w in batch], device=device)
+    mask = torch.arange(length, device=device)[None, :] >= first_new[:, None]
+    return x, y, mask
+
+
+def split_nll(
+    model: GPT,
+    tokens: np.ndarray,
+    context: int,
+    stride: int,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    progress: bool | str = False,
+    segments: Sequence[tuple[int, int]] | None = None,
+    keep_hidden: bool = False,
+) -> NllResult:
+    """Score `tokens` (or the [begin, end) `segments` of it, each on its own) with the model.
+
+    `progress` shows a tqdm bar (a string is its label). The result holds per-position NLL, top-1
+    confidence and correctness; with `keep_hidden` also the scored positions' final hidden states.
+    """
+    device = torch.device(device)
+    if context > model.config.block_size:
+        raise ValueError(f"context {context} exceeds the model's block_size {model.config.block_size}")
+    segments = [(0, len(tokens))] if segments is None else list(segments)
+    all_windows = [w for a, b in segments if b - a >= 2 for w in windows(b - a, context, stride, offset=a)]
+    n_scored = sum(w.n_new for w in all_windows)
+    if n_scored == 0:
+        raise ValueError("nothing to score: every segment has fewer than 2 tokens")
+    head = lm_head_logits(model, device, precision)
+    stats, hidden_parts, target_parts = [], [], []
+    bar = tqdm(total=n_scored, unit="tok", desc=progress if isinstance(progress, str) else "nll",
+               disable=not progress, leave=False)
+    with eval_mode(model), torch.inference_mode():
+        for batch in batches(all_windows, batch_size):
+            x, y, mask = window_tensors(tokens, batch, device)
+            with autocast(device, precision):
+                hidden = model.hidden_states(x)[mask]  # (scored rows, n_embd), in text order
+            targets = y[mask]
+            for rows in row_chunks(len(targets)):
+                stats.append(position_stats(head(hidden[rows]), targets[rows]))
+            if keep_hidden:
+                hidden_parts.append(hidden.float().cpu())
+                target_parts.append(targets.cpu())
+            bar.update(len(targets))
+    bar.close()
+    positions = concat_stats(stats)
+    return NllResult(
+        total_nll=float(positions.nll.sum(dtype=np.float64)),
+        n_tokens=n_scored,
+        positions=positions,
+        hidden=torch.cat(hidden_parts) if keep_hidden else None,
+        targets=torch.cat(target_parts) if keep_hidden else None,
+    )
+
+
+def even_segments(n_tokens: int, sample_tokens: int, n_segments: int) -> list[tuple[int, int]]:
+    """`n_segments` evenly spaced [begin, end) runs totalling ~`sample_tokens`; the whole run if that is
+    0 or covers it. A fixed sample (no randomness) keeps a train-split estimate reproducible."""
+    if sample_tokens == 0 or sample_tokens >= n_tokens:
+        return [(0, n_tokens)]
+    n_segments = max(1, min(n_segments, sample_tokens // 2))
+    length = sample_tokens // n_segments
+    starts = np.linspace(0, n_tokens - length, n_segments).round().astype(int)
+    return [(int(s), int(s) + length) for s in starts]

@@ -1,0 +1,19 @@
+"""Per-step training curves as CSV (for `dvc plots`) and as a PNG of panels: pretrain, reward and rlhf."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from tinygpt.core import io
+from tinygpt.core.figures import curves_figure, write_figure
+
+
+def write_curves(
+    history: list[dict], csv_path: Path, png_path: Path, columns: list[str], title: str
+) -> pd.DataFrame:
+    """The per-step metrics as CSV and as a PNG of one panel per column; returns the table."""
+    table = pd.DataFrame(history)
+    io.write_text(csv_path, table.to_csv(index=False, float_format="%.6g"))
+    write_figure(curves_figure(table, columns, title), png_path)
+    return table

@@ -1,0 +1,165 @@
+"""params.yaml, loaded into validated dataclasses: one section each, defined beside the code it configures
+(data/config.py, model/config.py, train/config.py, eval/config.py, rlhf/config.py); tracking's is here.
+
+params.yaml is the one place that says what a key means, and each dataclass's defaults are its values, so
+`TrainParams()` is the pipeline's recipe (tests/test_params.py fails, naming the key, where they differ).
+
+Each stage loads only its own sections; dvc.yaml declares exactly the keys those sections hold, so DVC
+reruns a stage when, and only when, one of them changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tinygpt.model.config import GPTConfig
+from tinygpt.core.checks import require
+from tinygpt.core.errors import ParamsError
+from tinygpt.data.config import DataParams, SplitParams, TokenizeParams
+from tinygpt.eval.config import CompareParams, EvalParams
+from tinygpt.rlhf.config import PreferencesParams, RewardParams, RlhfParams
+from tinygpt.train.config import TrainParams
+
+PARAMS_FILE = Path("params.yaml")
+
+
+@dataclass
+class TrackingParams:
+    """params.yaml `tracking`: which MLflow experiment every stage logs its run to."""
+
+    experiment: str = "tinygpt"
+
+    def validate(self) -> None:
+        require(bool(self.experiment.strip()), "tracking.experiment", "a non-empty name", self.experiment)
+
+
+# Section name in params.yaml -> its dataclass. Later stages add theirs here.
+SECTIONS: dict[str, type] = {
+    "tracking": TrackingParams,
+    "data": DataParams,
+    "tokenize": TokenizeParams,
+    "split": SplitParams,
+    "model": GPTConfig,
+    "train": TrainParams,
+    "eval": EvalParams,
+    "compare": CompareParams,
+    "preferences": PreferencesParams,
+    "reward": RewardParams,
+    "rlhf": RlhfParams,
+}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def read_yaml(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: not found; run from the repository root (where params.yaml lives)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level")
+    return raw
+
+
+def build_section(name: str, values: Any) -> Any:
+    """Turn one mapping from params.yaml into its validated dataclass."""
+    if name not in SECTIONS:
+        raise ParamsError(f"params.yaml: unknown section '{name}'; known sections: {', '.join(SECTIONS)}")
+    cls = SECTIONS[name]
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ParamsError(f"params.yaml: section '{name}' must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in known:
+            raise ParamsError(
+                f"params.yaml: unknown key '{name}.{key}'; keys of '{name}': {', '.join(known)}"
+            )
+    kwargs = {key: coerce(f"{name}.{key}", value, hints[key]) for key, value in values.items()}
+    section = cls(**kwargs)
+    section.validate()
+    return section
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check `value` against a type hint; ints are accepted where floats are expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(key, value, inner[0])
+    if origin is list:
+        if not isinstance(value, list):
+            raise ParamsError(f"params.yaml: {key} must be a list, got {type(value).__name__} {value!r}")
+        return [coerce(f"{key}[{i}]", item, args[0]) for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"params.yaml: {key} must be a mapping, got {value!r}")
+        return {k: coerce(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"params.yaml: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ParamsError(f"params.yaml: {key} must be finite, got {value!r}")
+        return float(value)
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"params.yaml: {key} must be an integer, got {value!r}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"params.yaml: {key} must be true or false, got {value!r}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"params.yaml: {key} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def load_sections(*names: str, path: str | Path = PARAMS_FILE) -> types.SimpleNamespace:
+    """Load and validate only the named sections (a stage reads only its own keys)."""
+    raw = read_yaml(path)
+    return types.SimpleNamespace(**{name: build_section(name, raw.get(name)) for name in names})
+
+
+def load_all(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """Every section of params.yaml, validated; unknown sections are errors."""
+    raw = read_yaml(path)
+    for name in raw:
+        if name not in SECTIONS:
+            raise ParamsError(f"params.yaml: unknown section '{name}'; known sections: {', '.join(SECTIONS)}")
+    return {name: build_section(name, raw.get(name)) for name in SECTIONS}
+
+
+def as_dict(section: Any) -> dict[str, Any]:
+    return dataclasses.asdict(section)
+
+
+def flatten(sections: dict[str, Any] | types.SimpleNamespace) -> dict[str, Any]:
+    """{'train.learning_rate': 0.001, ...}: the dotted keys DVC and MLflow use."""
+    items = vars(sections) if isinstance(sections, types.SimpleNamespace) else sections
+    flat: dict[str, Any] = {}
+    for name, section in items.items():
+        for key, value in as_dict(section).items():
+            flat[f"{name}.{key}"] = value
+    return flat
+
+
+def dvc_keys(*names: str) -> list[str]:
+    """The dotted keys of these sections, as dvc.yaml must list them (checked by a test)."""
+    return [f"{name}.{f.name}" for name in names for f in dataclasses.fields(SECTIONS[name])]

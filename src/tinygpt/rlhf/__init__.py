@@ -1,0 +1,1 @@
+"""RLHF: oracles, preference pairs, the reward model, rollouts, PPO and the held-out evaluation."""

@@ -1,0 +1,119 @@
+"""Sampling continuations of prompts and scoring them token by token.
+
+Shared by the preference data (sample several continuations per prompt), PPO (rollouts, log-probs of the
+policy and the reference) and the before/after evaluation. Rollouts sample from the plain softmax at a
+temperature, with no top-k or top-p: the log-probs PPO and the KL penalty use must be those of the
+distribution the tokens were actually drawn from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tinygpt.core.device import autocast
+from tinygpt.model.generate import generate_cached
+from tinygpt.model.gpt import GPT
+from tinygpt.data.tokenizer import EOT_ID, decode
+
+
+@dataclass
+class Rollout:
+    """Prompts and their sampled continuations, one row each, padded with end-of-text to one length."""
+
+    sequences: torch.Tensor  # (batch, prompt_len + response_len) ids
+    prompt_len: int
+    mask: torch.Tensor  # (batch, response_len) 1.0 for response tokens up to and including the first EOT
+
+    @property
+    def responses(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_len :]
+
+    @property
+    def last_index(self) -> torch.Tensor:
+        """Position in `sequences` of each row's last response token (where a reward model reads)."""
+        return self.prompt_len + self.mask.sum(dim=1).long() - 1
+
+    def response_ids(self) -> list[list[int]]:
+        """Each row's response ids, up to and including the first end-of-text."""
+        lengths = self.mask.sum(dim=1).long().tolist()
+        return [row[:n] for row, n in zip(self.responses.tolist(), lengths)]
+
+    def texts(self) -> list[str]:
+        """Each row's response as text, without the end-of-text token."""
+        return [decode([i for i in ids if i != EOT_ID]) for ids in self.response_ids()]
+
+
+def response_mask(responses: torch.Tensor, eot_id: int = EOT_ID) -> torch.Tensor:
+    """1.0 up to and including each row's first end-of-text, 0.0 after it (the padding)."""
+    is_eot = (responses == eot_id).long()
+    eots_before = is_eot.cumsum(dim=1) - is_eot
+    return (eots_before == 0).float()
+
+
+@torch.no_grad()
+def sample(
+    model: GPT,
+    prompts: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator,
+    precision: str = "fp32",
+) -> Rollout:
+    """Continue every prompt (batch, prompt_len) by `max_new_tokens` ids drawn at `temperature`."""
+    device = prompts.device
+    with autocast(device, precision):
+        sequences = generate_cached(model, prompts, max_new_tokens, temperature, EOT_ID, generator)
+    # Generation stops once every row has ended; pad so every batch has the same shape.
+    missing = prompts.size(1) + max_new_tokens - sequences.size(1)
+    sequences = F.pad(sequences, (0, missing), value=EOT_ID)
+    return Rollout(sequences, prompts.size(1), response_mask(sequences[:, prompts.size(1) :]))
+
+
+def sample_in_batches(
+    model: GPT,
+    prompts: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float,
+    generator: torch.Generator,
+    precision: str,
+    batch_size: int,
+) -> Rollout:
+    """`sample` over `batch_size` prompts at a time, joined into one Rollout."""
+    parts = [
+        sample(model, prompts[i : i + batch_size], max_new_tokens, temperature, generator, precision)
+        for i in range(0, len(prompts), batch_size)
+    ]
+    return Rollout(torch.cat([r.sequences for r in parts]), prompts.size(1), torch.cat([r.mask for r in parts]))
+
+
+def action_hidden(model: GPT, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Hidden states (batch, response_len, n_embd) at the positions that predict each response token."""
+    return model.hidden_states(sequences)[:, prompt_len - 1 : -1, :]
+
+
+def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = logits.float()  # softmax over 50k entries in fp32, whatever the matmul precision
+    return logits if temperature == 1.0 else logits / temperature
+
+
+def token_logprobs(logits: torch.Tensor, actions: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Log-prob of each taken action (batch, seq) under softmax(logits / temperature)."""
+    # cross_entropy fuses log-softmax and the pick, forward and backward: no (batch, seq, vocab) log-probs kept
+    nll = F.cross_entropy(_tempered(logits, temperature).flatten(0, 1), actions.flatten(), reduction="none")
+    return -nll.view(actions.shape)
+
+
+def token_entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Entropy (batch, seq) of softmax(logits / temperature), in nats."""
+    logp = F.log_softmax(_tempered(logits, temperature), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+@torch.no_grad()
+def rollout_logprobs(model: GPT, rollout: Rollout, temperature: float, precision: str = "fp32") -> torch.Tensor:
+    """Per-token log-probs (batch, response_len) of a rollout's responses under `model`."""
+    with autocast(rollout.sequences.device, precision):
+        logits = model.lm_head(action_hidden(model, rollout.sequences, rollout.prompt_len))
+    return token_logprobs(logits, rollout.responses, temperature)

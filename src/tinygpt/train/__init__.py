@@ -1,0 +1,1 @@
+"""Pretraining: the loop, optimizers and checkpoints."""

@@ -1,0 +1,88 @@
+"""Training checkpoints: one directory per training configuration, outside DVC's outputs.
+
+DVC deletes a stage's outputs before it reruns the stage, so checkpoints kept under models/ would be
+gone exactly when they are needed. They live in `.cache/pretrain/<key>/` instead, where the key hashes
+everything that decides the weights (model and training params, the token files, the torch version and
+the stage's code); a rerun with the same key resumes, any change starts afresh in another directory.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinygpt.core import io
+from tinygpt.model.config import GPTConfig
+from tinygpt.core.errors import TinyGptError
+from tinygpt.train.config import TrainParams
+
+CHECKPOINT_FILE = "checkpoint.pt"
+KEY_FILE = "config.json"  # what the key was computed from, for a person looking at the cache
+
+# Params that change what is reported after training but not the weights, the optimizer or the curves.
+REPORT_ONLY_KEYS = ("checkpoint_interval", "log_interval", "sample_prompts", "sample_tokens",
+                    "sample_temperature", "sample_top_k")
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def key_material(config: GPTConfig, train_params: TrainParams, data_files: list[Path],
+                 code_version: str = "") -> dict[str, Any]:
+    train = {k: v for k, v in dataclasses.asdict(train_params).items() if k not in REPORT_ONLY_KEYS}
+    return {
+        "model": config.to_dict(),
+        "train": train,
+        "data": {Path(f).name: file_digest(f) for f in data_files},
+        "torch": torch.__version__,  # kernels may change numerics between versions
+        # A hash of the stage's code (tinygpt.pipeline.codedeps): edited code must not resume an old run's state.
+        "code": code_version,
+    }
+
+
+def run_key(material: dict[str, Any]) -> str:
+    text = json.dumps(material, sort_keys=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+class CheckpointDir:
+    """The checkpoint of one training configuration: written atomically, read back on resume."""
+
+    def __init__(self, root: Path, material: dict[str, Any]):
+        self.key = run_key(material)
+        self.material = material
+        self.path = Path(root) / self.key
+
+    @property
+    def file(self) -> Path:
+        return self.path / CHECKPOINT_FILE
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Replace the checkpoint; an interruption mid-write leaves the previous one intact."""
+        io.write_json(self.path / KEY_FILE, self.material)
+        with io.atomic_path(self.file) as tmp:
+            torch.save({"key": self.key, **state}, tmp)
+
+    def load(self) -> dict[str, Any] | None:
+        """The saved state, or None when this configuration has no checkpoint yet."""
+        if not self.file.exists():
+            return None
+        try:
+            # Only tensors, numbers, strings and containers are saved, so the safe loader suffices.
+            state = torch.load(self.file, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise TinyGptError(
+                f"{self.file}: cannot be read ({err}); delete {self.path} to train from scratch"
+            ) from err
+        if state.get("key") != self.key:
+            raise TinyGptError(f"{self.file}: belongs to another configuration; delete {self.path}")
+        return state

@@ -1,0 +1,77 @@
+"""Params of pretraining (the train section of params.yaml); torch-free."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tinygpt.core.checks import require, positive, non_negative, fraction, one_of, DEVICES, PRECISIONS
+
+
+@dataclass
+class TrainParams:
+    """Pretraining: AdamW (or Muon + AdamW) on random windows of train.bin, linear warmup then cosine decay
+    to a floor. The `train` section of params.yaml, whose comments say what the keys mean; the defaults
+    are its values (tests/test_params.py checks)."""
+
+    max_steps: int = 1050
+    batch_size: int = 16
+    grad_accum_steps: int = 1
+    learning_rate: float = 3e-3
+    min_lr: float = 3e-4  # <= learning_rate
+    warmup_steps: int = 60  # <= max_steps
+    weight_decay: float = 0.5
+    optimizer: str = "muon"
+    muon_momentum: float = 0.95
+    muon_weight_decay: float = 2.0
+    adamw_lr_scale: float = 1.0  # 1 unless optimizer is muon
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    shortlist_vocab: bool = True
+    unseen_smoothing: float = 0.02  # 0 unless shortlist_vocab
+    input_noise: float = 0.1
+    eval_interval: int = 150
+    eval_batches: int = 4
+    checkpoint_interval: int = 350
+    log_interval: int = 10
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"
+    compile: bool = True
+    threads: int = 0
+    sample_prompts: list[str] = field(default_factory=lambda: ["ROMEO:", "To be or not to"])
+    sample_tokens: int = 64
+    sample_temperature: float = 0.8
+    sample_top_k: int | None = 200
+
+    def validate(self) -> None:
+        for key in ("max_steps", "batch_size", "grad_accum_steps", "learning_rate", "eval_interval",
+                    "eval_batches", "checkpoint_interval", "log_interval"):
+            positive(f"train.{key}", getattr(self, key))
+        require(0 <= self.min_lr <= self.learning_rate, "train.min_lr",
+                f"a number in [0, train.learning_rate = {self.learning_rate}]", self.min_lr)
+        require(0 <= self.warmup_steps <= self.max_steps, "train.warmup_steps",
+                f"an integer in [0, train.max_steps = {self.max_steps}]", self.warmup_steps)
+        non_negative("train.weight_decay", self.weight_decay)
+        one_of("train.optimizer", self.optimizer, ("adamw", "muon"))
+        require(0 <= self.muon_momentum < 1, "train.muon_momentum", "a number in [0, 1)", self.muon_momentum)
+        non_negative("train.muon_weight_decay", self.muon_weight_decay)
+        positive("train.adamw_lr_scale", self.adamw_lr_scale)
+        require(self.optimizer == "muon" or self.adamw_lr_scale == 1, "train.adamw_lr_scale",
+                "1 unless train.optimizer is muon (it scales the AdamW part beside Muon)", self.adamw_lr_scale)
+        for key in ("beta1", "beta2"):
+            require(0 <= getattr(self, key) < 1, f"train.{key}", "a number in [0, 1)", getattr(self, key))
+        non_negative("train.grad_clip", self.grad_clip)
+        require(0 <= self.unseen_smoothing < 1, "train.unseen_smoothing", "a number in [0, 1)", self.unseen_smoothing)
+        require(self.shortlist_vocab or self.unseen_smoothing == 0, "train.unseen_smoothing",
+                "0 unless train.shortlist_vocab is true (the smoothing targets the shared unseen row)",
+                self.unseen_smoothing)
+        require(0 <= self.input_noise < 1, "train.input_noise", "a number in [0, 1)", self.input_noise)
+        one_of("train.device", self.device, DEVICES)
+        one_of("train.precision", self.precision, PRECISIONS)
+        non_negative("train.threads", self.threads)
+        for i, prompt in enumerate(self.sample_prompts):
+            require(bool(prompt), f"train.sample_prompts[{i}]", "a non-empty string", prompt)
+        non_negative("train.sample_tokens", self.sample_tokens)
+        non_negative("train.sample_temperature", self.sample_temperature)
+        if self.sample_top_k is not None:
+            positive("train.sample_top_k", self.sample_top_k)
