@@ -24,12 +24,11 @@ def measure(keep: bool, steps: int) -> float:
 
     import torch
 
-    from tinygpt.pipeline import params
-    from tinygpt.pipeline import paths
     from tinygpt.core.allocator import keep_freed_memory
-    from tinygpt.train.checkpoint import CheckpointDir
-    from tinygpt.data.tokens import read_tokens
     from tinygpt.core.device import resolve_precision
+    from tinygpt.data.tokens import read_tokens
+    from tinygpt.pipeline import params, paths
+    from tinygpt.train.checkpoint import CheckpointDir
     from tinygpt.train.loop import compiled, init_state, pretrain_step
 
     if keep:

@@ -14,13 +14,13 @@ import json
 
 import torch
 
-from tinygpt.model import config as gpt_config
-from tinygpt.pipeline import params
-from tinygpt.model import weights
 from tinygpt.core.device import resolve_device, resolve_precision
-from tinygpt.model.hf import hf_from_gpt
-from tinygpt.model.gpt import GPT
 from tinygpt.eval.speed import SpeedSettings, compare_speed, format_speed
+from tinygpt.model import config as gpt_config
+from tinygpt.model import weights
+from tinygpt.model.gpt import GPT
+from tinygpt.model.hf import hf_from_gpt
+from tinygpt.pipeline import params
 
 
 def build_model(args: argparse.Namespace) -> GPT:

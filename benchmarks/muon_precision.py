@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from tinygpt.pipeline import params
 from tinygpt.core.device import cpu_has_fast_bf16
 from tinygpt.model.gpt import GPT
+from tinygpt.pipeline import params
 from tinygpt.train.optim import Fp32Muon, is_hidden_matrix, orthogonalise_fp32
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults

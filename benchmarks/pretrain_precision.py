@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
 from tinygpt.data.batches import fixed_batches
-from tinygpt.train.checkpoint import CheckpointDir
 from tinygpt.data.tokens import read_tokens
-from tinygpt.train.loop import compiled, estimate_loss, init_state, pretrain_step
+from tinygpt.pipeline import params, paths
+from tinygpt.train.checkpoint import CheckpointDir
+from tinygpt.train.loop import (compiled, estimate_loss, init_state,
+                                pretrain_step)
 
 
 def run_lockstep(config, p, precisions: dict[str, tuple[str, int]], steps: int, cpu_time: bool, eval_every: int):

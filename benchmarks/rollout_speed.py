@@ -12,12 +12,12 @@ import time
 
 import torch
 
-from tinygpt.pipeline import params
-from tinygpt.model import weights
 from tinygpt.core.device import autocast, resolve_precision
+from tinygpt.data.tokenizer import EOT_ID
+from tinygpt.model import weights
 from tinygpt.model.generate import generate_cached
 from tinygpt.model.gpt import GPT
-from tinygpt.data.tokenizer import EOT_ID
+from tinygpt.pipeline import params
 
 
 def build_model(model_dir: str | None) -> GPT:

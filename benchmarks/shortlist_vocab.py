@@ -7,7 +7,7 @@
 Both settings alternate within one process for --rounds rounds, so load from other processes slows
 both alike. Each round builds both models from the same seed and times --steps compiled steps after
 3 warm-up steps. The loss columns differ by design: the compact model is the full GPT whose unseen rows
-start equal (and follows it step for step, tests/test_shortlist.py), and that start learns faster in the
+start equal (and follows it step for step, tests/model/test_shortlist.py), and that start learns faster in the
 first steps than GPT-2's independent random rows (15 steps from one seed, fp32 autocast bf16: 8.82 for
 both the compact model and the full model with equal unseen rows, 9.62 with random rows).
 """
@@ -22,12 +22,11 @@ from pathlib import Path
 
 import torch
 
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
 from tinygpt.core.allocator import keep_freed_memory
-from tinygpt.train.checkpoint import CheckpointDir
-from tinygpt.data.tokens import read_tokens
 from tinygpt.core.device import resolve_precision
+from tinygpt.data.tokens import read_tokens
+from tinygpt.pipeline import params, paths
+from tinygpt.train.checkpoint import CheckpointDir
 from tinygpt.train.loop import compiled, init_state, pretrain_step
 
 

@@ -4,11 +4,9 @@ In: params.yaml (the whole file). Out: data/params/checked.txt, metrics/check_pa
 Every other stage reads only its own sections, so a typo in a section whose stages are cached would
 pass unnoticed; this stage depends on the whole file and is upstream of all the others. Its output is
 the same text whenever the file is valid, so a changed key reruns only the stages that read it. It
-never imports torch (tests/test_check_params.py checks that), so it costs about a second plus MLflow."""
+never imports torch (tests/pipeline/test_check_params.py checks that), so it costs about a second plus MLflow."""
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import tracking
+from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 
 CHECKED = "params.yaml passed validation: every section and key is known, typed and in range.\n"

@@ -4,15 +4,13 @@ In: models/pretrain/, data/split/{val.bin, split.json}. Out: models/hf/, metrics
 reports/compare/, plots/compare/."""
 import sys
 
-from tinygpt.data.tokens import read_tokens
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import tracking
-from tinygpt.model import weights
-from tinygpt.pipeline.cli import run_stage
+from tinygpt.data.tokens import read_tokens
 from tinygpt.eval.compare import UNAVAILABLE, run_compare, summary_lines
+from tinygpt.model import weights
 from tinygpt.model.hf import PretrainedUnavailable
+from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.compare import write_compare
 
 

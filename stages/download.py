@@ -1,11 +1,9 @@
 """Stage download: fetch the raw corpus and verify its pinned sha256.
 In: params data.*. Out: data/raw/input.txt, metrics/download.json."""
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import tracking
-from tinygpt.pipeline.cli import run_stage
 from tinygpt.data.download import download_corpus
+from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline.cli import run_stage
 
 
 def main() -> None:

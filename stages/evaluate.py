@@ -1,14 +1,12 @@
 """Stage evaluate: loss, perplexity, bits per byte, calibration and next-token inspection of the
 pretrained model. In: models/pretrain/, data/split/. Out: metrics/evaluate.json, plots/evaluate/,
 reports/evaluate/."""
-from tinygpt.data.tokens import read_tokens
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import tracking
-from tinygpt.model import weights
-from tinygpt.pipeline.cli import run_stage
+from tinygpt.data.tokens import read_tokens
 from tinygpt.eval.evaluate import evaluate_model, summary_line
+from tinygpt.model import weights
+from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.evaluate import write_evaluation
 
 

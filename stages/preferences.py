@@ -6,16 +6,14 @@ import time
 import numpy as np
 import torch
 
-from tinygpt.data.tokens import read_tokens
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import tracking
-from tinygpt.rlhf import preferences as prefs
-from tinygpt.pipeline.cli import run_stage
 from tinygpt.core.device import resolve_device, resolve_precision
-from tinygpt.rlhf.oracles import Oracle
+from tinygpt.data.tokens import read_tokens
 from tinygpt.model.weights import load_model
+from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.rlhf import preferences as prefs
+from tinygpt.rlhf.oracles import Oracle
 
 
 def main() -> None:

@@ -3,15 +3,12 @@ In: data/split/train.bin, val.bin. Out: models/pretrain/, metrics/pretrain.json,
 reports/pretrain/ (samples). Checkpoints: .cache/pretrain/<config hash>/."""
 import time
 
-from tinygpt.pipeline import codedeps
-from tinygpt.data.tokens import read_tokens
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline.outputs import pretrain as pretrain_outputs
-from tinygpt.pipeline import tracking
+from tinygpt.data.tokens import read_tokens
 from tinygpt.model import weights
+from tinygpt.pipeline import codedeps, params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.outputs import pretrain as pretrain_outputs
 from tinygpt.train.loop import train
 
 

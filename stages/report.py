@@ -2,9 +2,7 @@
 In: every stage's metrics/<stage>.json, plots/, reports/. Out: reports/summary.md, reports/dashboard.html,
 metrics/report.json."""
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import report
+from tinygpt.pipeline import params, paths, report
 from tinygpt.pipeline.cli import run_stage
 
 

@@ -6,15 +6,13 @@ import time
 import torch
 
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import tracking
-from tinygpt.rlhf import reward_model as rm
+from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.model.weights import load_model
+from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs import reward as reward_outputs
-from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.rlhf import reward_model as rm
 from tinygpt.rlhf.preferences import load_pairs
-from tinygpt.model.weights import load_model
 
 
 def main() -> None:

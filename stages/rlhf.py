@@ -6,20 +6,18 @@ import time
 
 import torch
 
-from tinygpt.data.tokens import read_tokens
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import tracking
+from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.data.tokens import read_tokens
+from tinygpt.model.weights import load_model, save_model
+from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.rlhf import write_outputs
-from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
+from tinygpt.rlhf.heldout import EvalTask, change, evaluate
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.preferences import load_prompts
 from tinygpt.rlhf.reward_model import load_reward_model
-from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
-from tinygpt.rlhf.heldout import EvalTask, change, evaluate
-from tinygpt.model.weights import load_model, save_model
 
 
 def main() -> None:

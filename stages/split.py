@@ -1,10 +1,9 @@
 """Stage split: contiguous train/val split by characters, cut at the nearest token boundary.
 In: data/tokens/. Out: data/split/{train.bin, val.bin, split.json}, metrics/split.json."""
-from tinygpt.data.tokens import read_offsets, read_tokens, split_tokens, write_tokens
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import tracking
+from tinygpt.data.tokens import (read_offsets, read_tokens, split_tokens,
+                                 write_tokens)
+from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 
 

@@ -1,11 +1,10 @@
 """Stage tokenize: GPT-2 BPE over the whole corpus.
 In: data/raw/input.txt. Out: data/tokens/{tokens.bin, offsets.npy, meta.json}, metrics/tokenize.json."""
-from tinygpt.data.tokens import read_corpus, tokenize_text, write_offsets, write_tokens
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
 from tinygpt.data import tokenizer
-from tinygpt.pipeline import tracking
+from tinygpt.data.tokens import (read_corpus, tokenize_text, write_offsets,
+                                 write_tokens)
+from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 
 

@@ -1,21 +1,18 @@
-"""Fixtures shared by the tests: the repository root, the offline corpus, a temp MLflow store and a
-loopback HTTP server."""
+"""Fixtures shared by the tests: the repository root, the offline corpus, a temp MLflow store, a
+loopback HTTP server and a copy of the project with a tiny configuration (`tiny_project`)."""
 from __future__ import annotations
 
+import hashlib
 import http.server
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
+from support import REPO_ROOT, TINY_PIPELINE, copy_project, set_params
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_CORPUS = REPO_ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-
-
-def declared_paths(entries: list) -> list[str]:
-    """The paths of a dvc.yaml outs/metrics/plots list, whose items are a path or {path: options}."""
-    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
 
 
 @pytest.fixture
@@ -88,3 +85,15 @@ def http_server():
     yield server
     server.httpd.shutdown()
     server.httpd.server_close()
+
+
+@pytest.fixture
+def tiny_project(repo_root, tmp_path, shakespeare_path):
+    corpus = shakespeare_path.read_bytes()[:40_000]
+    (tmp_path / "corpus.txt").write_bytes(corpus)
+    project = copy_project(repo_root, tmp_path / "project")
+    data = {"url": str(tmp_path / "corpus.txt"), "sha256": hashlib.sha256(corpus).hexdigest(), "mirrors": []}
+    set_params(project, data=data, **TINY_PIPELINE)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run([*git, "commit", "-qam", "tiny configuration"], cwd=project, check=True)
+    return project

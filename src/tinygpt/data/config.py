@@ -1,12 +1,12 @@
 """Params of the data stages (download, tokenize, split); torch-free.
 
 Each class is a section of params.yaml: its comments say what the keys mean, and the defaults here are
-its values (tests/test_params.py checks that they agree)."""
+its values (tests/pipeline/test_params.py checks that they agree)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinygpt.core.checks import require, positive, fraction, one_of
+from tinygpt.core.checks import fraction, one_of, positive, require
 
 
 @dataclass

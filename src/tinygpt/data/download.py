@@ -38,7 +38,7 @@ class DownloadResult:
 
 
 def download_corpus(
-    sources: list[str], sha256: str, out_path: Path, timeout_s: float = 30.0
+    sources: list[str], sha256: str, out_path: Path, timeout_s: float
 ) -> DownloadResult:
     """Try each source in order until one yields bytes with the expected sha256."""
     failures: list[str] = []

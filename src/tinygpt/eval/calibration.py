@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tinygpt.eval.likelihood import PositionStats, concat_stats, position_stats, row_chunks
+from tinygpt.eval.likelihood import (PositionStats, concat_stats,
+                                     position_stats, row_chunks)
 
 # Search range of the temperature; a fit at a bound means the model is far from calibrated.
 MIN_TEMPERATURE = 0.05

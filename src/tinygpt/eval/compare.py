@@ -24,11 +24,14 @@ from transformers import GPT2LMHeadModel
 
 from tinygpt.core import figures
 from tinygpt.core.device import resolve_device, resolve_precision
-from tinygpt.eval.evaluate import EvaluationResult, evaluate_model, summary_line, window_shape
-from tinygpt.model.hf import ConversionError, PretrainedUnavailable, export_hf_dir, gpt_from_hf, load_pretrained
-from tinygpt.model.gpt import GPT
 from tinygpt.eval.config import CompareParams, EvalParams
-from tinygpt.eval.speed import SpeedResult, SpeedSettings, compare_speed, format_speed
+from tinygpt.eval.evaluate import (EvaluationResult, evaluate_model,
+                                   summary_line, window_shape)
+from tinygpt.eval.speed import (SpeedResult, SpeedSettings, compare_speed,
+                                format_speed)
+from tinygpt.model.gpt import GPT
+from tinygpt.model.hf import (ConversionError, PretrainedUnavailable,
+                              export_hf_dir, gpt_from_hf, load_pretrained)
 
 OURS = "ours"  # metric prefixes (ours.val.loss, gpt2.val.loss) and per-model output folders
 PRETRAINED = "gpt2"

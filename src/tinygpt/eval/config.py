@@ -1,13 +1,13 @@
 """Params of the evaluate and compare stages; torch-free.
 
 Each class is a section of params.yaml: its comments say what the keys mean, and the defaults here are
-its values (tests/test_params.py checks that they agree)."""
+its values (tests/pipeline/test_params.py checks that they agree)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinygpt.core.checks import require, positive, non_negative, one_of, DEVICES, PRECISIONS
-
+from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative, one_of,
+                                 positive, require)
 
 DEFAULT_PROMPTS = ["To be or not to", "ROMEO:", "First Citizen:\nBefore we proceed any further, hear me speak."]
 

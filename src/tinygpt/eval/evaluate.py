@@ -14,16 +14,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tinygpt.eval import calibration
-from tinygpt.eval import inspection
 from tinygpt.core import figures
+from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.core.errors import ParamsError
 from tinygpt.data import tokenizer
 from tinygpt.data.tokens import token_byte_lengths
-from tinygpt.core.device import resolve_device, resolve_precision
-from tinygpt.eval.likelihood import NllResult, even_segments, lm_head_logits, split_nll
-from tinygpt.model.gpt import GPT
+from tinygpt.eval import calibration, inspection
 from tinygpt.eval.config import EvalParams
-from tinygpt.core.errors import ParamsError
+from tinygpt.eval.likelihood import (NllResult, even_segments, lm_head_logits,
+                                     split_nll)
+from tinygpt.model.gpt import GPT
 
 
 @dataclass

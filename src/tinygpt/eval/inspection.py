@@ -5,9 +5,9 @@ import json
 
 import torch
 
-from tinygpt.data import tokenizer
 from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode
+from tinygpt.data import tokenizer
 from tinygpt.model.gpt import GPT
 
 

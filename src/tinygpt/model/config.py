@@ -14,7 +14,7 @@ class ConfigError(TinyGptError, ValueError):
 @dataclass
 class GPTConfig:
     """Shape of a GPT-2-style decoder: the `model` section of params.yaml, whose comments say what the
-    keys mean. The defaults are its values (tests/test_params.py checks) and the `default` preset."""
+    keys mean. The defaults are its values (tests/pipeline/test_params.py checks) and the `default` preset."""
 
     vocab_size: int = 50257
     block_size: int = 128

@@ -23,10 +23,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from tinygpt.core import io
-from tinygpt.model.config import GPTConfig
 from tinygpt.core.errors import TinyGptError
-from tinygpt.model.gpt import GPT
 from tinygpt.data.tokenizer import EOT_ID, N_VOCAB, bpe_files
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
 
 # Layers that are Conv1D in Hugging Face's GPT-2 (weight stored as (in, out)).
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

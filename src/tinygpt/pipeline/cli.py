@@ -7,9 +7,9 @@ import sys
 from typing import Callable
 
 import tinygpt
-from tinygpt.pipeline import params
 from tinygpt.core.allocator import keep_freed_memory
 from tinygpt.core.errors import TinyGptError
+from tinygpt.pipeline import params
 
 
 def run_stage(main: Callable[[], None]) -> None:

@@ -2,7 +2,7 @@
 (data/config.py, model/config.py, train/config.py, eval/config.py, rlhf/config.py); tracking's is here.
 
 params.yaml is the one place that says what a key means, and each dataclass's defaults are its values, so
-`TrainParams()` is the pipeline's recipe (tests/test_params.py fails, naming the key, where they differ).
+`TrainParams()` is the pipeline's recipe (tests/pipeline/test_params.py fails, naming the key, where they differ).
 
 Each stage loads only its own sections; dvc.yaml declares exactly the keys those sections hold, so DVC
 reruns a stage when, and only when, one of them changes.
@@ -19,11 +19,11 @@ from typing import Any
 
 import yaml
 
-from tinygpt.model.config import GPTConfig
 from tinygpt.core.checks import require
 from tinygpt.core.errors import ParamsError
 from tinygpt.data.config import DataParams, SplitParams, TokenizeParams
 from tinygpt.eval.config import CompareParams, EvalParams
+from tinygpt.model.config import GPTConfig
 from tinygpt.rlhf.config import PreferencesParams, RewardParams, RlhfParams
 from tinygpt.train.config import TrainParams
 

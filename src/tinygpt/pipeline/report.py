@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tinygpt.core import io
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import tracking
+from tinygpt.pipeline import paths, tracking
 
 # Pipeline order; the report reads each stage's metrics/<stage>.json.
 STAGES = ("download", "tokenize", "split", "pretrain", "evaluate", "compare", "preferences", "reward", "rlhf")

@@ -1,12 +1,13 @@
 """Params of the RLHF stages (preferences, reward, rlhf); torch-free.
 
 Each class is a section of params.yaml: its comments say what the keys mean, and the defaults here are
-its values (tests/test_params.py checks that they agree)."""
+its values (tests/pipeline/test_params.py checks that they agree)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tinygpt.core.checks import require, positive, non_negative, unit_interval, one_of, DEVICES, PRECISIONS
+from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative, one_of,
+                                 positive, require, unit_interval)
 
 
 @dataclass

@@ -14,14 +14,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from tinygpt.rlhf import ppo
-from tinygpt.data.batches import RandomWindows
 from tinygpt.core.device import autocast
+from tinygpt.data.batches import RandomWindows
 from tinygpt.model.gpt import GPT
-from tinygpt.rlhf.oracles import Oracle
+from tinygpt.rlhf import ppo
 from tinygpt.rlhf.config import RlhfParams
+from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.reward_model import RewardModel
-from tinygpt.rlhf.rollout import Rollout, action_hidden, rollout_logprobs, sample, token_entropy, token_logprobs
+from tinygpt.rlhf.rollout import (Rollout, action_hidden, rollout_logprobs,
+                                  sample, token_entropy, token_logprobs)
 
 
 class PolicyWithValue(nn.Module):

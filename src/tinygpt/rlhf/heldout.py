@@ -11,13 +11,13 @@ import torch
 
 from tinygpt.core import figures
 from tinygpt.core.device import autocast
+from tinygpt.data.tokenizer import decode
 from tinygpt.eval.likelihood import split_nll
 from tinygpt.model.gpt import GPT
-from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.config import RlhfParams
+from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.reward_model import RewardModel
 from tinygpt.rlhf.rollout import rollout_logprobs, sample
-from tinygpt.data.tokenizer import decode
 
 CURVES = ["reward_model_score", "gold_score", "kl", "beta", "entropy", "policy_loss", "value_loss",
           "clip_fraction", "approx_kl", "explained_variance", "ptx_loss", "response_tokens"]

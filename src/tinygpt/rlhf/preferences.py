@@ -14,16 +14,17 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Features, List, Value, load_from_disk
+from datasets import (Dataset, DatasetDict, Features, List, Value,
+                      load_from_disk)
 
 from tinygpt.core import io
-from tinygpt.model.config import GPTConfig
 from tinygpt.core.errors import TinyGptError
-from tinygpt.model.gpt import GPT
-from tinygpt.rlhf.oracles import Oracle, prefer
-from tinygpt.rlhf.config import PreferencesParams
-from tinygpt.rlhf.rollout import sample_in_batches
 from tinygpt.data.tokenizer import decode
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.rlhf.config import PreferencesParams
+from tinygpt.rlhf.oracles import Oracle, prefer
+from tinygpt.rlhf.rollout import sample_in_batches
 
 LINE_BREAKS = (198, 628)  # GPT-2 ids of "\n" and "\n\n": prompts start where a line starts
 SPLITS = ("train", "validation")

@@ -23,8 +23,8 @@ from safetensors.torch import load_file, save_file
 from tinygpt.core import io
 from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode, training_mode
-from tinygpt.model.gpt import GPT
 from tinygpt.data.tokenizer import EOT_ID
+from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import load_model, save_model
 
 HEAD_FILE = "head.safetensors"

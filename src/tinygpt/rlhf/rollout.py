@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.core.device import autocast
+from tinygpt.data.tokenizer import EOT_ID, decode
 from tinygpt.model.generate import generate_cached
 from tinygpt.model.gpt import GPT
-from tinygpt.data.tokenizer import EOT_ID, decode
 
 
 @dataclass

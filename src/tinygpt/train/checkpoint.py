@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from tinygpt.core import io
-from tinygpt.model.config import GPTConfig
 from tinygpt.core.errors import TinyGptError
+from tinygpt.model.config import GPTConfig
 from tinygpt.train.config import TrainParams
 
 CHECKPOINT_FILE = "checkpoint.pt"

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinygpt.core.checks import require, positive, non_negative, fraction, one_of, DEVICES, PRECISIONS
+from tinygpt.core.checks import (DEVICES, PRECISIONS, fraction, non_negative,
+                                 one_of, positive, require)
 
 
 @dataclass
 class TrainParams:
     """Pretraining: AdamW (or Muon + AdamW) on random windows of train.bin, linear warmup then cosine decay
     to a floor. The `train` section of params.yaml, whose comments say what the keys mean; the defaults
-    are its values (tests/test_params.py checks)."""
+    are its values (tests/pipeline/test_params.py checks)."""
 
     max_steps: int = 1050
     batch_size: int = 16

@@ -24,17 +24,18 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from tinygpt.data.batches import RandomWindows, fixed_batches
-from tinygpt.train.checkpoint import CheckpointDir, key_material
-from tinygpt.model.config import GPTConfig
-from tinygpt.data.tokens import read_tokens
 from tinygpt.core.device import autocast, resolve_device, resolve_precision
 from tinygpt.core.errors import TinyGptError
 from tinygpt.core.modes import eval_mode
+from tinygpt.data.batches import RandomWindows, fixed_batches
+from tinygpt.data.tokens import read_tokens
+from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.train.optim import MuonWithAdamW, SteppedAsOne, build_optimizer, build_schedule
-from tinygpt.train.config import TrainParams
 from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary
+from tinygpt.train.checkpoint import CheckpointDir, key_material
+from tinygpt.train.config import TrainParams
+from tinygpt.train.optim import (MuonWithAdamW, SteppedAsOne, build_optimizer,
+                                 build_schedule)
 
 StepCallback = Callable[[int, dict], None]  # (step, metrics) -> None, e.g. StageRun.log_step
 

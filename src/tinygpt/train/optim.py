@@ -98,7 +98,7 @@ def newton_schulz_in_fp32() -> Iterator[None]:
     """torch's Muon runs its iteration in bf16, which is fast on GPUs and on CPUs with AMX or
     AVX512-BF16 but emulated ~40x slower than fp32 on AVX2-only CPUs (`benchmarks/muon_precision.py`).
     torch has no switch for it, so its module-level function is swapped for the fp32 one while a step
-    runs (torch is pinned; tests/test_optim.py checks the swap takes effect and is undone)."""
+    runs (torch is pinned; tests/train/test_optim.py checks the swap takes effect and is undone)."""
     original = torch_muon._zeropower_via_newtonschulz
     torch_muon._zeropower_via_newtonschulz = orthogonalise_fp32
     try:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from tinygpt.core import io
 from tinygpt.core.figures import write_figure
-from tinygpt.eval.compare import CompareResult, reliability_overlay, table_markdown
+from tinygpt.eval.compare import (CompareResult, reliability_overlay,
+                                  table_markdown)
 from tinygpt.pipeline import paths
 from tinygpt.pipeline.outputs.evaluate import write_evaluation
 

@@ -8,7 +8,9 @@ from tinygpt.core import io
 from tinygpt.core.figures import write_figure
 from tinygpt.pipeline import paths
 from tinygpt.pipeline.outputs.curves import write_curves
-from tinygpt.rlhf.heldout import CURVES, EvalTask, HeldOut, proxy_vs_gold_figure, samples_markdown, samples_table
+from tinygpt.rlhf.heldout import (CURVES, EvalTask, HeldOut,
+                                  proxy_vs_gold_figure, samples_markdown,
+                                  samples_table)
 
 
 def write_outputs(history: list[dict], before: HeldOut, after: HeldOut, task: EvalTask) -> list[Path]:

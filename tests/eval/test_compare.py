@@ -12,17 +12,15 @@ import yaml
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from stages import compare as compare_stage
-from tinygpt.eval import compare
-from tinygpt.data.tokens import read_tokens, write_tokens
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
 from tinygpt.data import tokenizer
-from tinygpt.pipeline import tracking
+from tinygpt.data.tokens import read_tokens, write_tokens
+from tinygpt.eval import compare
 from tinygpt.model import weights
-from tinygpt.pipeline.cli import run_stage
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
+from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline.cli import run_stage
 
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"

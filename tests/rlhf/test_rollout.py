@@ -1,12 +1,12 @@
 import pytest
 import torch
 
+from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.rlhf.rollout import (
-    Rollout, response_mask, rollout_logprobs, sample, sample_in_batches, token_entropy, token_logprobs,
-)
-from tinygpt.data.tokenizer import EOT_ID
+from tinygpt.rlhf.rollout import (Rollout, response_mask, rollout_logprobs,
+                                  sample, sample_in_batches, token_entropy,
+                                  token_logprobs)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

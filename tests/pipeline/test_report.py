@@ -4,8 +4,7 @@ import json
 import pytest
 
 from tinygpt.core import io
-from tinygpt.pipeline import paths
-from tinygpt.pipeline import report
+from tinygpt.pipeline import paths, report
 
 PNG_1PX = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="

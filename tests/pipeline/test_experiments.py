@@ -9,40 +9,9 @@ import subprocess
 import time
 
 import pytest
-
-from test_pipeline_data import copy_project, dvc, set_params
+from support import dvc, set_params
 
 from tinygpt.pipeline import params
-
-# A pipeline small enough to run in a minute or two on a laptop CPU.
-TINY = {
-    "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32},
-    "train": {"max_steps": 6, "batch_size": 2, "warmup_steps": 2, "eval_interval": 3, "eval_batches": 1,
-              "checkpoint_interval": 3, "log_interval": 1, "compile": False, "sample_tokens": 4},
-    "eval": {"batch_size": 8, "stride": 16, "train_tokens": 256, "train_segments": 2, "prompts": ["ROMEO:"],
-             "sample_max_new_tokens": 4, "temperature_max_iter": 3},
-    "compare": {"pretrained": "missing-gpt2-dir/", "allow_download": False, "fidelity_tokens": 256,
-                "speed_batch_size": 1, "speed_repeats": 1, "speed_warmup": 0, "speed_pretrained": False},
-    # Enough continuations that some carry a VADER word: a 6-step model samples nearly at random, and a
-    # split whose pairs all tie is (rightly) an error.
-    "preferences": {"train_prompts": 8, "val_prompts": 8, "samples_per_prompt": 4, "prompt_tokens": 4,
-                    "continuation_tokens": 11, "batch_size": 16},
-    "reward": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
-    "rlhf": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "eval_samples_per_prompt": 1,
-             "table_samples": 2},
-}
-
-
-@pytest.fixture
-def tiny_project(repo_root, tmp_path, shakespeare_path):
-    corpus = shakespeare_path.read_bytes()[:40_000]
-    (tmp_path / "corpus.txt").write_bytes(corpus)
-    project = copy_project(repo_root, tmp_path / "project")
-    data = {"url": str(tmp_path / "corpus.txt"), "sha256": hashlib.sha256(corpus).hexdigest(), "mirrors": []}
-    set_params(project, data=data, **TINY)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run([*git, "commit", "-qam", "tiny configuration"], cwd=project, check=True)
-    return project
 
 
 def store(project):

@@ -1,7 +1,8 @@
 import pytest
 
-from tinygpt.rlhf.oracles import Oracle, brevity_score, keyword_score, prefer, sentiment_score
 from tinygpt.data.tokenizer import EOT_ID
+from tinygpt.rlhf.oracles import (Oracle, brevity_score, keyword_score, prefer,
+                                  sentiment_score)
 
 
 def test_sentiment_is_vader_compound():

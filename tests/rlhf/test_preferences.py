@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from tinygpt.rlhf import preferences as prefs
 from tinygpt.model.config import GPTConfig
-from tinygpt.rlhf.oracles import Oracle
 from tinygpt.pipeline.params import PreferencesParams
+from tinygpt.rlhf import preferences as prefs
+from tinygpt.rlhf.oracles import Oracle
 
 NL = 198
 

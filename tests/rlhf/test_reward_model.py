@@ -5,10 +5,10 @@ import pytest
 import torch
 from datasets import Dataset
 
-from tinygpt.rlhf import reward_model as rm
+from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.data.tokenizer import EOT_ID
+from tinygpt.rlhf import reward_model as rm
 
 MARK = 922  # the token that makes a continuation preferred in the synthetic pairs
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -10,20 +10,17 @@ import torch
 import yaml
 
 from stages import evaluate as evaluate_stage
-from tinygpt.eval import calibration
-from tinygpt.data.tokens import write_tokens
-from tinygpt.eval import inspection
 from tinygpt.core import io
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
 from tinygpt.data import tokenizer
-from tinygpt.pipeline import tracking
-from tinygpt.model import weights
-from tinygpt.pipeline.cli import run_stage
-from tinygpt.model.config import GPTConfig
+from tinygpt.data.tokens import write_tokens
+from tinygpt.eval import calibration, inspection
 from tinygpt.eval.evaluate import evaluate_model, text_bytes, window_shape
 from tinygpt.eval.likelihood import lm_head_logits, split_nll
+from tinygpt.model import weights
+from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
+from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.evaluate import write_evaluation
 from tinygpt.pipeline.params import EvalParams, ParamsError
 

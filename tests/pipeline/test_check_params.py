@@ -8,8 +8,7 @@ import subprocess
 import sys
 
 import pytest
-
-from test_pipeline_data import copy_project, dvc, set_params
+from support import copy_project, dvc, set_params
 
 BAD_EDITS = [  # (section, key, value, what the error must say)
     ("data", "bogus_key", 1, "unknown key 'data.bogus_key'"),

@@ -5,12 +5,13 @@ import os
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast, pipeline
+from transformers import (GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast,
+                          pipeline)
 
+from tinygpt.data.tokenizer import EOT_ID, N_VOCAB, gpt2_encoding
 from tinygpt.model import hf
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.data.tokenizer import EOT_ID, N_VOCAB, gpt2_encoding
 
 VOCAB = 500
 

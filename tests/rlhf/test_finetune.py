@@ -11,19 +11,19 @@ import pytest
 import torch
 import yaml
 
-from tinygpt.data.tokens import write_tokens
 from tinygpt.core import io
-from tinygpt.pipeline import paths
-from tinygpt.rlhf import preferences as prefs
-from tinygpt.rlhf import reward_model as rm
-from tinygpt.pipeline.cli import run_stage
+from tinygpt.data.tokens import write_tokens
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.rlhf.oracles import Oracle
+from tinygpt.model.weights import save_model
+from tinygpt.pipeline import paths
+from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.params import PreferencesParams, RlhfParams
+from tinygpt.rlhf import preferences as prefs
+from tinygpt.rlhf import reward_model as rm
 from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
 from tinygpt.rlhf.heldout import held_out
-from tinygpt.model.weights import save_model
+from tinygpt.rlhf.oracles import Oracle
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -102,7 +102,7 @@ def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained):
     assert 0.0 < after.kl.mean() < 20.0
 
 
-def tiny_project(tmp_path, monkeypatch, pretrained, repo_root, **overrides) -> None:
+def tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root, **overrides) -> None:
     """A project folder with the split, the pretrained model and small params; the working directory."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(repo_root))  # for `stages`
@@ -125,7 +125,7 @@ def run(stage: str) -> None:
 
 
 def test_the_three_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root):
-    tiny_project(tmp_path, monkeypatch, pretrained, repo_root)
+    tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root)
     for stage in ("preferences", "reward", "rlhf"):
         run(stage)
 
@@ -166,7 +166,7 @@ def test_brevity_without_end_of_text_ties_every_pair_and_fails_cleanly(
     tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root, capsys
 ):
     # The tiny language, like Tiny Shakespeare, has no end-of-text: every continuation is full length.
-    tiny_project(tmp_path, monkeypatch, pretrained, repo_root, preferences={"oracle": "brevity"})
+    tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root, preferences={"oracle": "brevity"})
     with pytest.raises(SystemExit) as exit_info:
         run_stage(importlib.import_module("stages.preferences").main)
     assert exit_info.value.code == 1

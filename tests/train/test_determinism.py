@@ -13,11 +13,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from support import Interrupted, crash_at
 
-from test_train import Interrupted, crash_at
+from tinygpt.data import tokenizer
 from tinygpt.data.tokens import write_tokens
 from tinygpt.pipeline import params
-from tinygpt.data import tokenizer
 from tinygpt.train.loop import train
 
 

@@ -87,7 +87,7 @@ def test_the_metrics_command_compares_the_workspace_with_a_commit(tmp_path, monk
     """End to end as CI calls it: committed metrics in a git repository, a rerun's files in the workspace."""
     import shutil
 
-    from conftest import REPO_ROOT
+    from support import REPO_ROOT
 
     shutil.copytree(REPO_ROOT / "metrics", tmp_path / "metrics")
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from support import Interrupted, crash_at, declared_paths
 
-from conftest import declared_paths
-from tinygpt.data.tokens import write_tokens
 from tinygpt.data import tokenizer
-from tinygpt.train import loop as train_module
-from tinygpt.train.checkpoint import CHECKPOINT_FILE
+from tinygpt.data.tokens import write_tokens
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.train.optim import build_optimizer, build_schedule, lr_at
 from tinygpt.pipeline.params import ParamsError, TrainParams
+from tinygpt.train import loop as train_module
+from tinygpt.train.checkpoint import CHECKPOINT_FILE
 from tinygpt.train.loop import NonFiniteLossError, train
+from tinygpt.train.optim import build_optimizer, build_schedule, lr_at
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 # A tiny, fast recipe, not the pipeline's (TrainParams() is params.yaml's): eager AdamW with light decay, no
@@ -28,18 +28,6 @@ FAST = TrainParams(max_steps=20, batch_size=8, learning_rate=1e-2, min_lr=1e-3, 
                    compile=False, sample_tokens=8, optimizer="adamw", weight_decay=0.1, muon_weight_decay=0.1,
                    unseen_smoothing=0.0, input_noise=0.0)
 MUON = dataclasses.replace(FAST, optimizer="muon", muon_weight_decay=0.3)
-
-
-class Interrupted(Exception):
-    pass
-
-
-def crash_at(crash_step: int):
-    """A step callback that interrupts training right after optimizer step `crash_step` is logged."""
-    def on_step(step, metrics):
-        if step == crash_step and "loss" in metrics:
-            raise Interrupted
-    return on_step
 
 
 @pytest.fixture(autouse=True)

@@ -11,13 +11,11 @@ import sys
 import time
 
 import pytest
+from support import dvc, set_params
 
-from test_pipeline_data import dvc, set_params
-from test_pipeline_experiments import tiny_project  # noqa: F401 (a fixture)
-
-from tinygpt.train.checkpoint import key_material, run_key
 from tinygpt.model.config import GPTConfig
 from tinygpt.pipeline.params import TrainParams
+from tinygpt.train.checkpoint import key_material, run_key
 
 
 def test_the_key_changes_with_the_code_version(tmp_path):
@@ -47,7 +45,7 @@ def interrupt_after_first_checkpoint(project) -> None:
 
 
 @pytest.mark.slow
-def test_unchanged_code_resumes_and_edited_code_trains_from_scratch(tiny_project):  # noqa: F811
+def test_unchanged_code_resumes_and_edited_code_trains_from_scratch(tiny_project):
     project = tiny_project
     set_params(project, train={"max_steps": 400, "checkpoint_interval": 25, "eval_interval": 200})
     dvc(project, "repro", "split", own_code=True)

@@ -7,14 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinygpt.model.config import GPTConfig
-from tinygpt.eval.likelihood import (
-    bits_per_byte,
-    even_segments,
-    split_nll,
-    windows,
-)
 from tinygpt.core.modes import eval_mode
+from tinygpt.eval.likelihood import (bits_per_byte, even_segments, split_nll,
+                                     windows)
+from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 
 CONTEXT = 16

@@ -83,9 +83,9 @@ def test_local_path_and_file_url(tmp_path):
     source = tmp_path / "copy.txt"
     source.write_bytes(TEXT)
     out = tmp_path / "out" / "input.txt"
-    assert download_corpus([str(source)], SHA, out).source == str(source)
+    assert download_corpus([str(source)], SHA, out, timeout_s=5).source == str(source)
     out.unlink()
-    assert download_corpus([source.as_uri()], SHA, out).n_bytes == len(TEXT)
+    assert download_corpus([source.as_uri()], SHA, out, timeout_s=5).n_bytes == len(TEXT)
     assert out.read_bytes() == TEXT
 
 
@@ -93,21 +93,22 @@ def test_empty_and_non_utf8_are_errors(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
     with pytest.raises(DownloadError, match="empty"):
-        download_corpus([str(empty)], hashlib.sha256(b"").hexdigest(), tmp_path / "o" / "input.txt")
+        download_corpus([str(empty)], hashlib.sha256(b"").hexdigest(), tmp_path / "o" / "input.txt", timeout_s=5)
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("café".encode("latin-1"))
     with pytest.raises(DownloadError, match="not UTF-8"):
-        download_corpus([str(latin1)], hashlib.sha256(latin1.read_bytes()).hexdigest(), tmp_path / "o" / "input.txt")
+        download_corpus([str(latin1)], hashlib.sha256(latin1.read_bytes()).hexdigest(), tmp_path / "o" / "input.txt",
+                        timeout_s=5)
     assert not (tmp_path / "o" / "input.txt").exists()
 
 
 def test_unsupported_scheme(tmp_path):
     with pytest.raises(DownloadError, match="unsupported URL scheme 'ftp'"):
-        download_corpus(["ftp://example.org/input.txt"], SHA, tmp_path / "input.txt")
+        download_corpus(["ftp://example.org/input.txt"], SHA, tmp_path / "input.txt", timeout_s=5)
 
 
 def test_the_real_corpus_checksum(shakespeare_path, tmp_path):
     from tinygpt.pipeline.params import DataParams
 
-    result = download_corpus([str(shakespeare_path)], DataParams().sha256, tmp_path / "input.txt")
+    result = download_corpus([str(shakespeare_path)], DataParams().sha256, tmp_path / "input.txt", timeout_s=5)
     assert result.n_bytes == 1_115_394

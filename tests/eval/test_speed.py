@@ -1,10 +1,11 @@
 """The side-by-side speed measurement: what it times, on which shape, and that it leaves torch as it was."""
 import torch
 
+from tinygpt.eval.speed import (SpeedSettings, compare_speed, format_speed,
+                                torch_threads)
 from tinygpt.model.config import GPTConfig
-from tinygpt.model.hf import hf_from_gpt
 from tinygpt.model.gpt import GPT
-from tinygpt.eval.speed import SpeedSettings, compare_speed, format_speed, torch_threads
+from tinygpt.model.hf import hf_from_gpt
 
 
 def test_compare_speed_times_both_implementations_on_one_shape():

@@ -1,9 +1,11 @@
 import numpy as np
 import pytest
 
-from tinygpt.data.tokens import read_corpus, read_offsets, read_tokens, split_tokens, tokenize_text, write_offsets, write_tokens
-from tinygpt.data import tokenizer
 from tinygpt.core.errors import TinyGptError
+from tinygpt.data import tokenizer
+from tinygpt.data.tokens import (read_corpus, read_offsets, read_tokens,
+                                 split_tokens, tokenize_text, write_offsets,
+                                 write_tokens)
 
 
 def test_offsets_count_bytes_and_characters():

@@ -4,11 +4,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import declared_paths
 
-from conftest import declared_paths
 from tinygpt.model.config import GPTConfig, preset
-from tinygpt.pipeline import params
-from tinygpt.pipeline import paths
+from tinygpt.pipeline import params, paths
 from tinygpt.pipeline.params import ParamsError
 
 

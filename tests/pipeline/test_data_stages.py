@@ -12,52 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import copy_project, dvc, set_params
 
 CORPUS = ("ROMEO:\nBut, soft! what light through yonder window breaks?\n" * 40 + "JULIET:\nAy me!\n" * 30).encode()
-
-
-def project_files(repo_root: Path) -> list[str]:
-    """Tracked files plus new files git does not ignore: what a clean clone of this work tree holds."""
-    out = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=repo_root, capture_output=True, text=True, check=True,
-    )
-    return [f for f in out.stdout.splitlines() if (repo_root / f).is_file()]
-
-
-def copy_project(repo_root: Path, dest: Path) -> Path:
-    for name in project_files(repo_root):
-        target = dest / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(repo_root / name, target)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
-    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
-    return dest
-
-
-def set_params(project: Path, **sections) -> None:
-    path = project / "params.yaml"
-    values = yaml.safe_load(path.read_text())
-    for section, keys in sections.items():
-        values.setdefault(section, {}).update(keys)
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-
-
-def dvc(project: Path, *args: str, check: bool = True, own_code: bool = False) -> subprocess.CompletedProcess:
-    """Run dvc in `project`; with `own_code`, its stages import the copy's src/ rather than the
-    installed (editable) package, so edits to the copy's modules take effect."""
-    env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)  # use the default: <project>/mlflow.db
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]  # stages run this python
-    if own_code:
-        env["PYTHONPATH"] = str(project / "src")
-    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=600)
-    if check:
-        assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
-    return out
 
 
 @pytest.mark.slow

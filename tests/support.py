@@ -1,0 +1,92 @@
+"""Helpers the tests share (plain functions and constants; the fixtures are in conftest.py): copies of the
+project run under real `dvc`, the tiny pipeline configuration, a training interruption, dvc.yaml paths."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A pipeline small enough to run in a minute or two on a laptop CPU.
+TINY_PIPELINE = {
+    "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32},
+    "train": {"max_steps": 6, "batch_size": 2, "warmup_steps": 2, "eval_interval": 3, "eval_batches": 1,
+              "checkpoint_interval": 3, "log_interval": 1, "compile": False, "sample_tokens": 4},
+    "eval": {"batch_size": 8, "stride": 16, "train_tokens": 256, "train_segments": 2, "prompts": ["ROMEO:"],
+             "sample_max_new_tokens": 4, "temperature_max_iter": 3},
+    "compare": {"pretrained": "missing-gpt2-dir/", "allow_download": False, "fidelity_tokens": 256,
+                "speed_batch_size": 1, "speed_repeats": 1, "speed_warmup": 0, "speed_pretrained": False},
+    # Enough continuations that some carry a VADER word: a 6-step model samples nearly at random, and a
+    # split whose pairs all tie is (rightly) an error.
+    "preferences": {"train_prompts": 8, "val_prompts": 8, "samples_per_prompt": 4, "prompt_tokens": 4,
+                    "continuation_tokens": 11, "batch_size": 16},
+    "reward": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
+    "rlhf": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "eval_samples_per_prompt": 1,
+             "table_samples": 2},
+}
+
+
+def project_files(repo_root: Path) -> list[str]:
+    """Tracked files plus new files git does not ignore: what a clean clone of this work tree holds."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=repo_root, capture_output=True, text=True, check=True,
+    )
+    return [f for f in out.stdout.splitlines() if (repo_root / f).is_file()]
+
+
+def copy_project(repo_root: Path, dest: Path) -> Path:
+    for name in project_files(repo_root):
+        target = dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(repo_root / name, target)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    subprocess.run([*git, "commit", "-qm", "copy"], cwd=dest, check=True)
+    return dest
+
+
+def set_params(project: Path, **sections) -> None:
+    path = project / "params.yaml"
+    values = yaml.safe_load(path.read_text())
+    for section, keys in sections.items():
+        values.setdefault(section, {}).update(keys)
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def dvc(project: Path, *args: str, check: bool = True, own_code: bool = False) -> subprocess.CompletedProcess:
+    """Run dvc in `project`; with `own_code`, its stages import the copy's src/ rather than the
+    installed (editable) package, so edits to the copy's modules take effect."""
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)  # use the default: <project>/mlflow.db
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]  # stages run this python
+    if own_code:
+        env["PYTHONPATH"] = str(project / "src")
+    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env,
+                         capture_output=True, text=True, timeout=600)
+    if check:
+        assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
+    return out
+
+
+class Interrupted(Exception):
+    pass
+
+
+def crash_at(crash_step: int):
+    """A step callback that interrupts training right after optimizer step `crash_step` is logged."""
+    def on_step(step, metrics):
+        if step == crash_step and "loss" in metrics:
+            raise Interrupted
+    return on_step
+
+
+def declared_paths(entries: list) -> list[str]:
+    """The paths of a dvc.yaml outs/metrics/plots list, whose items are a path or {path: options}."""
+    return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
