@@ -29,17 +29,22 @@ def main() -> None:
         oracle = Oracle(preferences_params.oracle, preferences_params.keyword)
         seed = preferences_params.seed
         rng, generator = np.random.default_rng(seed), torch.Generator(device).manual_seed(seed)
+        length = preferences_params.prompt_tokens
+        prompt_sets = {"train": prefs.cut_prompts(read_tokens(paths.TRAIN_BIN), preferences_params.train_prompts,
+                                                  length, rng)}
+        val_prompts = prefs.cut_prompts(read_tokens(paths.VAL_BIN), preferences_params.val_prompts, length, rng)
+        prompt_sets.update(prefs.heldout_sets(val_prompts, preferences_params.selection_prompts, rng))
         pairs, prompts, stats = {}, {}, {}
-        for split, path, n in (("train", paths.TRAIN_BIN, preferences_params.train_prompts),
-                               ("validation", paths.VAL_BIN, preferences_params.val_prompts)):
+        for split, prompt_ids in prompt_sets.items():
             pairs[split], prompts[split], stats[split] = prefs.build_split(
-                model, read_tokens(path), n, split, preferences_params, oracle, rng, generator, precision
+                model, prompt_ids, split, preferences_params, oracle, generator, precision
             )
         prefs.save(pairs, prompts, paths.PREFERENCE_PAIRS, paths.PREFERENCE_PROMPTS)
         run.log_dict(pairs["train"].select(range(min(20, len(pairs["train"])))).to_list(), "pairs_head.json")
         metrics = {**stats, "precision": precision, "wall_seconds": time.perf_counter() - start}
         io.write_json(paths.metrics_file("preferences"), run.finish(metrics))
-        print(f"preferences: {stats['train']['pairs']} train / {stats['validation']['pairs']} validation pairs "
+        print(f"preferences: {stats['train']['pairs']} train / {stats['selection']['pairs']} selection / "
+              f"{stats['report']['pairs']} report pairs "
               f"(oracle {preferences_params.oracle}; {stats['train']['tie_fraction']:.0%} of train pairs tied)")
 
 

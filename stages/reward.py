@@ -23,7 +23,7 @@ def main() -> None:
         device = resolve_device(reward_params.device)
         precision = resolve_precision(reward_params.precision, device)
         pairs = load_pairs(paths.PREFERENCE_PAIRS)
-        train, val = rm.pair_tensors(pairs["train"], device), rm.pair_tensors(pairs["validation"], device)
+        train = rm.pair_tensors(pairs["train"], device)
         torch.manual_seed(reward_params.seed)
         model = rm.RewardModel(load_model(paths.PRETRAIN_DIR, device)).to(device)
         history = rm.train_reward_model(
@@ -36,14 +36,16 @@ def main() -> None:
         reward_outputs.write_plots(history)
         metrics = {
             "train": rm.evaluate_pairs(model, train, 4 * reward_params.batch_size, precision),
-            "validation": rm.evaluate_pairs(model, val, 4 * reward_params.batch_size, precision),
+            **{held_out: rm.evaluate_pairs(model, rm.pair_tensors(pairs[held_out], device),
+                                           4 * reward_params.batch_size, precision)
+               for held_out in ("selection", "report")},
             "normalisation": {"offset": model.offset.item(), "scale": model.scale.item()},
             "steps": len(history), "precision": precision, "wall_seconds": time.perf_counter() - start,
         }
         io.write_json(paths.metrics_file("reward"), run.finish(metrics, artifacts=[paths.REWARD_PLOTS]))
-        v = metrics["validation"]
-        print(f"reward: held-out pair accuracy {v['accuracy']:.3f}, "
-              f"Spearman with the oracle {v['oracle_spearman']:.3f} ({len(val)} pairs)")
+        v = metrics["report"]
+        print(f"reward: report-set pair accuracy {v['accuracy']:.3f}, "
+              f"Spearman with the oracle {v['oracle_spearman']:.3f} ({len(pairs['report'])} pairs)")
 
 
 if __name__ == "__main__":

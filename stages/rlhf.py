@@ -1,5 +1,7 @@
 """Stage rlhf: PPO of the pretrained model against the reward model, with a per-token KL penalty to a
-frozen copy; evaluated before and after on held-out prompts with the same seed.
+frozen copy. Evaluated on both held-out sets every `rlhf.eval_interval` steps; the step reported (and
+saved) is chosen on the selection set within the KL and perplexity budgets, its report-set numbers are
+the headline.
 In: models/pretrain/, models/reward/, data/preferences/prompts/, data/split/{train,val}.bin.
 Out: models/rlhf/, metrics/rlhf.json, plots/rlhf/, reports/rlhf/samples.md."""
 import time
@@ -14,7 +16,8 @@ from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.rlhf import write_outputs
 from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
-from tinygpt.rlhf.heldout import EvalTask, change, evaluate
+from tinygpt.rlhf.frontier import FrontierTracker
+from tinygpt.rlhf.heldout import EvalTask
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.preferences import load_prompts
 from tinygpt.rlhf.reward_model import load_reward_model
@@ -22,9 +25,9 @@ from tinygpt.rlhf.reward_model import load_reward_model
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections("rlhf", "preferences", "tracking")
+    p = params.load_sections("rlhf", "heldout", "preferences", "tracking")
     rlhf_params, preferences_params = p.rlhf, p.preferences
-    flat = params.flatten({"rlhf": rlhf_params, "preferences": preferences_params})
+    flat = params.flatten({"rlhf": rlhf_params, "heldout": p.heldout, "preferences": preferences_params})
     with tracking.stage_run("rlhf", flat, p.tracking.experiment) as run:
         device = resolve_device(rlhf_params.device)
         precision = resolve_precision(rlhf_params.precision, device)
@@ -32,32 +35,30 @@ def main() -> None:
         ref = frozen_copy(policy.gpt)
         task = EvalTask(
             reward_model=load_reward_model(paths.REWARD_DIR, device).requires_grad_(False),
-            prompts=torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, "validation"), device=device),
-            val_tokens=read_tokens(paths.VAL_BIN), rlhf_params=rlhf_params,
+            prompts={name: torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, name), device=device)
+                     for name in ("selection", "report")},
+            val_tokens=read_tokens(paths.VAL_BIN), heldout_params=p.heldout,
             max_new_tokens=preferences_params.continuation_tokens,  # the reward model was trained on this length
             oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
         )
-        before, before_metrics = evaluate(ref, ref, task)
+        tracker = FrontierTracker(ref, task, run.log_step)
         ppo_start = time.perf_counter()
         history = train_ppo(
             policy, ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), rlhf_params,
             task.max_new_tokens, task.oracle, precision, corpus=read_tokens(paths.TRAIN_BIN),
-            on_step=run.log_step,
+            on_step=run.log_step, on_eval=lambda step, trained: tracker.add(step, trained.gpt),
         )
-        ppo_seconds = time.perf_counter() - ppo_start
-        after, after_metrics = evaluate(policy.gpt, ref, task)
-        save_model(policy.gpt, paths.RLHF_DIR)
-        written = write_outputs(history, before, after, task)
-        metrics = {
-            "before": before_metrics, "after": after_metrics, "change": change(before_metrics, after_metrics),
-            "final_beta": history[-1]["beta"], "precision": precision,
-            "ppo_seconds": ppo_seconds, "wall_seconds": time.perf_counter() - start,
-        }
+        ppo_seconds = time.perf_counter() - ppo_start - tracker.seconds
+        save_model(tracker.selected_model, paths.RLHF_DIR)
+        written = write_outputs(history, tracker, task)
+        metrics = {**tracker.metrics(), "final_beta": history[-1]["beta"], "precision": precision,
+                   "ppo_seconds": ppo_seconds, "eval_seconds": tracker.seconds,
+                   "wall_seconds": time.perf_counter() - start}
         io.write_json(paths.metrics_file("rlhf"), run.finish(metrics, artifacts=written))
         d = metrics["change"]
-        print(f"rlhf: oracle '{preferences_params.oracle}' {before_metrics['oracle_mean']:.3f} -> "
-              f"{after_metrics['oracle_mean']:.3f}, KL {d['kl_mean']:.2f} nats, "
-              f"val perplexity {d['val_perplexity_relative']:+.1%}")
+        print(f"rlhf: step {metrics['selected_step']} chosen on the selection set; report set: oracle "
+              f"'{preferences_params.oracle}' {d['oracle_mean']:+.3f} ± {d['oracle_se']:.3f}, KL {d['kl_mean']:.2f} "
+              f"nats, val perplexity {d['val_perplexity_relative']:+.1%}")
 
 
 if __name__ == "__main__":

@@ -23,11 +23,14 @@ TINY_PIPELINE = {
                 "speed_batch_size": 1, "speed_repeats": 1, "speed_warmup": 0, "speed_pretrained": False},
     # Enough continuations that some carry a VADER word: a 6-step model samples nearly at random, and a
     # split whose pairs all tie is (rightly) an error.
-    "preferences": {"train_prompts": 8, "val_prompts": 8, "samples_per_prompt": 4, "prompt_tokens": 4,
+    "preferences": {"train_prompts": 8, "val_prompts": 8, "selection_prompts": 4, "samples_per_prompt": 4,
+                    "prompt_tokens": 4,
                     "continuation_tokens": 11, "batch_size": 16},
     "reward": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
-    "rlhf": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "eval_samples_per_prompt": 1,
-             "table_samples": 2},
+    "heldout": {"samples_per_prompt": 1, "batch_size": 16, "table_samples": 2},
+    "best_of_n": {"max_n": 4},
+    "rlhf": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1},
+    "dpo": {"batch_size": 8, "max_pairs": 16, "eval_interval": 1},
 }
 
 

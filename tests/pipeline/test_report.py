@@ -43,7 +43,7 @@ def test_headlines_and_links(workspace):
     assert "pretrain/val_loss" not in headlines  # absent from its metrics: skipped, not invented
     tags = report.pipeline_tags(s)
     assert tags["stage_run.evaluate"] == "run-eval" and tags["stage_run.download"] == "run00"
-    assert report.all_stage_metrics(s.stage_metrics)["rlhf/score"] == 8.0
+    assert report.all_stage_metrics(s.stage_metrics)["rlhf/score"] == float(report.STAGES.index("rlhf"))
 
 
 def test_fingerprint_follows_params_and_metrics(workspace):

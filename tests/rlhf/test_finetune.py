@@ -69,13 +69,14 @@ def trainable_copy(model: GPT) -> GPT:
     return frozen_copy(model).requires_grad_(True)
 
 
-def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained):
+@pytest.mark.parametrize("advantage", ["gae", "rloo"])
+def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained, advantage):
     oracle = Oracle("keyword", KEYWORD)
     p = PreferencesParams(oracle="keyword", keyword=KEYWORD, prompt_tokens=4, continuation_tokens=10,
                           samples_per_prompt=4, batch_size=64)
     generator = torch.Generator().manual_seed(0)
-    pairs, prompts, stats = prefs.build_split(pretrained, tiny_language(600, 1), 96, "train", p, oracle,
-                                              np.random.default_rng(0), generator, "fp32")
+    prompt_ids = prefs.cut_prompts(tiny_language(600, 1), 96, 4, np.random.default_rng(0))
+    pairs, prompts, stats = prefs.build_split(pretrained, prompt_ids, "train", p, oracle, generator, "fp32")
     assert 0.05 < stats["oracle_mean"] < 0.5 and stats["pairs"] > 100  # "good" in some continuations
     torch.manual_seed(0)
     reward_model = rm.RewardModel(trainable_copy(pretrained))
@@ -88,7 +89,7 @@ def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained):
     held = torch.as_tensor(prefs.cut_prompts(tiny_language(200, 2), 16, 4, np.random.default_rng(1)))
     before = held_out(ref, ref, reward_model, held, 8, 10, 1.0, 7, oracle, "fp32", 64)
     ppo_params = RlhfParams(steps=20, batch_size=16, minibatch_size=8, ppo_epochs=2, learning_rate=1e-3,
-                            init_kl_coef=0.02)
+                            init_kl_coef=0.02, advantage=advantage, samples_per_prompt=4 if advantage == "rloo" else 1)
     history = pd.DataFrame(train_ppo(policy, ref, reward_model, np.asarray(prompts["prompt_ids"]), ppo_params,
                                      10, oracle, "fp32"))
     after = held_out(policy.gpt, ref, reward_model, held, 8, 10, 1.0, 7, oracle, "fp32", 64)
@@ -111,10 +112,13 @@ def tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root, **overrides)
     save_model(pretrained, paths.PRETRAIN_DIR)
     values = yaml.safe_load((repo_root / "params.yaml").read_text())
     values["preferences"].update(oracle="keyword", keyword=KEYWORD, prompt_tokens=4, continuation_tokens=10,
-                                 train_prompts=32, val_prompts=8, samples_per_prompt=3, device="cpu")
+                                 train_prompts=32, val_prompts=8, selection_prompts=4, samples_per_prompt=3,
+                                 device="cpu")
     values["reward"].update(epochs=2, batch_size=8, warmup_steps=2, device="cpu")
-    values["rlhf"].update(steps=3, batch_size=8, minibatch_size=4, ppo_epochs=2, eval_samples_per_prompt=2,
-                          table_samples=3, device="cpu")
+    values["heldout"].update(samples_per_prompt=2, table_samples=3, batch_size=16)
+    values["best_of_n"].update(max_n=8, device="cpu")
+    values["rlhf"].update(steps=3, batch_size=8, minibatch_size=4, ppo_epochs=2, eval_interval=2, device="cpu")
+    values["dpo"].update(batch_size=8, max_pairs=24, eval_interval=2, device="cpu")
     for section, keys in overrides.items():
         values[section].update(keys)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
@@ -124,26 +128,44 @@ def run(stage: str) -> None:
     importlib.import_module(f"stages.{stage}").main()
 
 
-def test_the_three_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root):
+def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root):
     tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root)
-    for stage in ("preferences", "reward", "rlhf"):
+    for stage in ("preferences", "reward", "best_of_n", "rlhf", "dpo", "frontier"):
         run(stage)
 
     pairs = prefs.load_pairs(paths.PREFERENCE_PAIRS)
-    assert set(pairs) == {"train", "validation"} and len(pairs["train"]) > 0
+    assert set(pairs) == {"train", "selection", "report"} and len(pairs["train"]) > 0
     row = pairs["train"][0]
     assert row["chosen_score"] == 1.0 and row["rejected_score"] == 0.0 and KEYWORD in row["chosen"]
     assert len(row["prompt_ids"]) == 4 and len(row["chosen_ids"]) == 10
-    assert prefs.load_prompts(paths.PREFERENCE_PROMPTS, "validation").shape == (8, 4)
+    selection, report = (prefs.load_prompts(paths.PREFERENCE_PROMPTS, s) for s in ("selection", "report"))
+    assert selection.shape == report.shape == (4, 4)
 
     reward = io.read_json(paths.metrics_file("reward"))
-    assert 0.0 <= reward["validation"]["accuracy"] <= 1.0 and reward["normalisation"]["scale"] > 0
+    assert 0.0 <= reward["report"]["accuracy"] <= 1.0 and "accuracy" in reward["selection"]
+    assert reward["normalisation"]["scale"] > 0
     assert rm.load_reward_model(paths.REWARD_DIR).scale.item() == pytest.approx(reward["normalisation"]["scale"])
 
     metrics = io.read_json(paths.metrics_file("rlhf"))
-    assert metrics["before"]["kl_mean"] == 0.0 and metrics["after"]["kl_mean"] != 0.0  # it moved
+    assert metrics["before"]["kl_mean"] == 0.0 and metrics["last"]["kl_mean"] != 0.0  # it moved
     assert metrics["change"]["oracle_mean"] == pytest.approx(
         metrics["after"]["oracle_mean"] - metrics["before"]["oracle_mean"])
+    frontier = pd.read_csv(paths.RLHF_FRONTIER_CSV)  # the reference, every 2 steps and the last, both sets
+    assert sorted(set(frontier["step"])) == [0, 2, 3] and set(frontier["set"]) == {"selection", "report"}
+    assert metrics["selected_step"] in {0, 2, 3} and metrics["last"]["step"] == 3
+    best_of_n = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
+    assert best_of_n[best_of_n["set"] == "report"]["n"].tolist() == [1, 2, 4, 8]
+    assert pd.read_csv(paths.BEST_OF_N_SCORES).shape[0] == (4 + 4) * 8  # both sets, 8 samples per prompt
+    dpo = io.read_json(paths.metrics_file("dpo"))
+    assert dpo["steps"] == 3 and sorted(set(pd.read_csv(paths.DPO_FRONTIER_CSV)["step"])) == [0, 2, 3]
+    assert 0.0 <= dpo["pairs"]["report"]["accuracy"] <= 1.0 and (paths.DPO_DIR / "model.safetensors").exists()
+    summary = io.read_json(paths.metrics_file("frontier"))
+    for method, stage_metrics in (("ppo", metrics), ("dpo", dpo)):
+        assert summary[method]["selected_step"] == stage_metrics["selected_step"]
+        assert summary[method]["gold_gain"] == pytest.approx(stage_metrics["change"]["oracle_mean"], abs=1e-5)
+        assert summary[method]["gain_over_best_of_n"] == pytest.approx(
+            summary[method]["gold_gain"] - summary[method]["best_of_n_gold_gain_at_kl"])
+    assert paths.FRONTIER_PNG.stat().st_size > 1000 and "## PPO" in paths.FRONTIER_TABLE_MD.read_text()
     assert 1.0 < metrics["before"]["val_perplexity"] < 20.0  # the tiny language is easy
     steps = pd.read_csv(paths.RLHF_STEPS_CSV)
     assert list(steps["step"]) == [0, 1, 2] and {"kl", "beta", "clip_fraction", "explained_variance"} <= set(steps)

@@ -93,3 +93,14 @@ def test_adaptive_kl_controller_moves_beta_toward_the_target():
     fixed = ppo.FixedKLController(0.1)
     fixed.update(100.0, 10)
     assert fixed.value == 0.1
+
+
+def test_rloo_baselines_each_sample_by_the_other_samples_of_its_prompt():
+    scores = torch.tensor([1.0, 3.0, 0.0, 10.0, 10.0, 10.0])
+    kl = torch.tensor([[0.5, 0.5], [0.0, 0.0], [0.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [1.0, 1.0]])
+    adv = ppo.rloo_advantages(scores, kl, mask, beta=1.0, samples_per_prompt=3)
+    # returns 0, 3, 0 | 8, 10, 10; baselines 1.5, 0, 1.5 | 10, 9, 9
+    assert adv[:, 0].tolist() == pytest.approx([-1.5, 3.0, -1.5, -2.0, 1.0, 1.0])
+    assert adv[1, 1] == 0.0  # padding after an end-of-text gets nothing
+    assert adv.view(2, 3, 2)[:, :, 0].sum(dim=1).tolist() == pytest.approx([0.0, 0.0])  # zero-sum per prompt

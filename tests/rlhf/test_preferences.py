@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tinygpt.model.config import GPTConfig
-from tinygpt.pipeline.params import PreferencesParams
+from tinygpt.pipeline.params import ParamsError, PreferencesParams
 from tinygpt.rlhf import preferences as prefs
 from tinygpt.rlhf.oracles import Oracle
 
@@ -63,3 +63,21 @@ def test_prompt_and_continuation_must_fit_the_context():
     prefs.check_fits(GPTConfig(block_size=33), p)
     with pytest.raises(prefs.PreferenceDataError, match="= 33 exceeds the model's context of 32"):
         prefs.check_fits(GPTConfig(block_size=32), p)
+
+
+def test_held_out_prompts_are_dealt_into_disjoint_seeded_selection_and_report_sets():
+    prompts = np.arange(40).reshape(20, 2)
+    sets = prefs.heldout_sets(prompts, 8, np.random.default_rng(3))
+    assert len(sets["selection"]) == 8 and len(sets["report"]) == 12
+    rows = lambda a: {tuple(r) for r in a.tolist()}  # noqa: E731
+    assert rows(sets["selection"]).isdisjoint(rows(sets["report"]))
+    assert rows(sets["selection"]) | rows(sets["report"]) == rows(prompts)
+    assert sets["report"][:, 0].tolist() == sorted(sets["report"][:, 0].tolist())  # text order kept
+    again = prefs.heldout_sets(prompts, 8, np.random.default_rng(3))
+    assert np.array_equal(again["selection"], sets["selection"])
+    assert not np.array_equal(prefs.heldout_sets(prompts, 8, np.random.default_rng(4))["selection"], sets["selection"])
+
+
+def test_selection_set_must_leave_a_report_set():
+    with pytest.raises(ParamsError, match="preferences.selection_prompts"):
+        PreferencesParams(val_prompts=8, selection_prompts=8).validate()

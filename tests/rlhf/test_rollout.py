@@ -5,8 +5,7 @@ from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf.rollout import (Rollout, response_mask, rollout_logprobs,
-                                  sample, sample_in_batches, token_entropy,
-                                  token_logprobs)
+                                  sample, sample_in_batches)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -27,15 +26,6 @@ def test_rollout_views():
     assert rollout.last_index.tolist() == [3, 4]
     assert rollout.response_ids() == [[3, EOT_ID], [262, 3797, 5]]
     assert rollout.texts()[1].startswith(" the cat")
-
-
-def test_logprobs_and_entropy_at_a_temperature():
-    logits = torch.tensor([[[2.0, 0.0, -1.0]]])
-    logp = token_logprobs(logits, torch.tensor([[1]]), temperature=0.5)
-    entropy = token_entropy(logits, temperature=0.5)
-    probs = torch.softmax(logits[0, 0] / 0.5, dim=-1)
-    assert logp.item() == pytest.approx(torch.log(probs[1]).item(), rel=1e-5)
-    assert entropy.item() == pytest.approx(-(probs * probs.log()).sum().item(), rel=1e-5)
 
 
 def test_sample_is_seeded_and_log_probs_are_those_of_the_sampling_distribution():

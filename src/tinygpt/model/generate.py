@@ -7,6 +7,8 @@ full forward pass.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from tinygpt.model.gpt import GPT, KVCache
@@ -26,10 +28,14 @@ def sample_softmax(logits: torch.Tensor, temperature: float, generator: torch.Ge
 @torch.no_grad()
 def generate_cached(
     model: GPT, prompts: torch.Tensor, max_new_tokens: int, temperature: float, eot_id: int,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, sample: Callable | None = None,
 ) -> torch.Tensor:
     """Like `GPT.generate` at a temperature > 0 without top-k/top-p: rows that emit `eot_id` stop and are
-    padded with it; the result is (batch, prompt_len + up to max_new_tokens)."""
+    padded with it; the result is (batch, prompt_len + up to max_new_tokens).
+
+    `sample(hidden, temperature, generator)` draws the next ids from the last hidden states (an output
+    head's `sample`, tinygpt.model.heads); by default through the model's full LM head."""
+    sample = sample or (lambda h, t, g: sample_softmax(model.lm_head(h), t, g))
     if prompts.size(1) + max_new_tokens > model.config.block_size:
         raise ValueError(f"{prompts.size(1)} prompt + {max_new_tokens} new tokens exceed the context "
                          f"of {model.config.block_size}")
@@ -39,7 +45,7 @@ def generate_cached(
     finished = torch.zeros(prompts.size(0), dtype=torch.bool, device=prompts.device)
     out = [prompts]
     for step in range(max_new_tokens):
-        next_id = sample_softmax(model.lm_head(hidden[:, -1, :]), temperature, generator)
+        next_id = sample(hidden[:, -1, :], temperature, generator)
         next_id = torch.where(finished, torch.full_like(next_id, eot_id), next_id)
         finished |= next_id == eot_id
         out.append(next_id[:, None])

@@ -24,7 +24,8 @@ from tinygpt.core.errors import ParamsError
 from tinygpt.data.config import DataParams, SplitParams, TokenizeParams
 from tinygpt.eval.config import CompareParams, EvalParams
 from tinygpt.model.config import GPTConfig
-from tinygpt.rlhf.config import PreferencesParams, RewardParams, RlhfParams
+from tinygpt.rlhf.config import (BestOfNParams, DpoParams, HeldOutParams,
+                                 PreferencesParams, RewardParams, RlhfParams)
 from tinygpt.train.config import TrainParams
 
 PARAMS_FILE = Path("params.yaml")
@@ -52,7 +53,10 @@ SECTIONS: dict[str, type] = {
     "compare": CompareParams,
     "preferences": PreferencesParams,
     "reward": RewardParams,
+    "heldout": HeldOutParams,
+    "best_of_n": BestOfNParams,
     "rlhf": RlhfParams,
+    "dpo": DpoParams,
 }
 
 

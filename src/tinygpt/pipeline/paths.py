@@ -19,12 +19,15 @@ SPLIT_META = SPLIT_DIR / "split.json"
 MODELS = Path("models")
 PRETRAIN_DIR = MODELS / "pretrain"  # model.safetensors + config.json (see weights.py)
 
-# RLHF (stages preferences, reward, rlhf)
+# RLHF (stages preferences, reward, best_of_n, rlhf, dpo, frontier)
 PREFERENCES_DIR = DATA / "preferences"
-PREFERENCE_PAIRS = PREFERENCES_DIR / "pairs"  # datasets DatasetDict: train, validation
-PREFERENCE_PROMPTS = PREFERENCES_DIR / "prompts"  # datasets DatasetDict: train, validation
+PREFERENCE_PAIRS = PREFERENCES_DIR / "pairs"  # datasets DatasetDict: train, selection, report
+PREFERENCE_PROMPTS = PREFERENCES_DIR / "prompts"  # datasets DatasetDict: train, selection, report
 REWARD_DIR = MODELS / "reward"  # trunk (weights.py format) + head.safetensors with the normalisation
-RLHF_DIR = MODELS / "rlhf"  # the PPO policy's GPT (weights.py format)
+RLHF_DIR = MODELS / "rlhf"  # the PPO policy's GPT at the reported step (weights.py format)
+DPO_DIR = MODELS / "dpo"  # the DPO policy's GPT at the reported step
+BEST_OF_N_DIR = DATA / "best_of_n"
+BEST_OF_N_SCORES = BEST_OF_N_DIR / "scores.csv"  # every reference sample: set, prompt, sample, gold, proxy
 
 METRICS = Path("metrics")
 PLOTS = Path("plots")
@@ -83,3 +86,16 @@ RLHF_STEPS_PNG = RLHF_PLOTS / "steps.png"
 RLHF_PROXY_GOLD_PNG = RLHF_PLOTS / "proxy_vs_gold.png"  # reward hacking shows as the two drifting apart
 RLHF_REPORTS = REPORTS / "rlhf"
 RLHF_SAMPLES_MD = RLHF_REPORTS / "samples.md"  # held-out continuations before and after
+RLHF_FRONTIER_CSV = RLHF_PLOTS / "frontier.csv"  # per evaluation and held-out set: KL, gold and proxy gain, ...
+BEST_OF_N_CURVE_CSV = plots_dir("best_of_n") / "curve.csv"  # per set and n: analytic KL, gold and proxy gain
+DPO_PLOTS = plots_dir("dpo")
+DPO_STEPS_CSV = DPO_PLOTS / "steps.csv"  # per DPO step: loss, implicit-reward accuracy and margin, lr
+DPO_STEPS_PNG = DPO_PLOTS / "steps.png"
+DPO_FRONTIER_CSV = DPO_PLOTS / "frontier.csv"
+DPO_REPORTS = REPORTS / "dpo"
+DPO_SAMPLES_MD = DPO_REPORTS / "samples.md"
+FRONTIER_PLOTS = plots_dir("frontier")
+FRONTIER_PNG = FRONTIER_PLOTS / "gold_vs_kl.png"  # report set: best-of-n, PPO and DPO on one figure
+FRONTIER_POINTS_CSV = FRONTIER_PLOTS / "points.csv"  # the same points as one table, for `dvc plots`
+FRONTIER_REPORTS = REPORTS / "frontier"
+FRONTIER_TABLE_MD = FRONTIER_REPORTS / "table.md"

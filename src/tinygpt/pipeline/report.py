@@ -17,7 +17,8 @@ from tinygpt.core import io
 from tinygpt.pipeline import paths, tracking
 
 # Pipeline order; the report reads each stage's metrics/<stage>.json.
-STAGES = ("download", "tokenize", "split", "pretrain", "evaluate", "compare", "preferences", "reward", "rlhf")
+STAGES = ("download", "tokenize", "split", "pretrain", "evaluate", "compare", "preferences", "reward", "best_of_n",
+          "rlhf", "dpo", "frontier")
 
 # (name in MLflow and the summary, stage, dotted key in that stage's metrics JSON). Missing keys are
 # skipped, so a stage that gains or loses a metric never breaks the report.
@@ -44,13 +45,21 @@ HEADLINES: tuple[tuple[str, str, str], ...] = (
     ("compare/fidelity_max_abs_logit_diff", "compare", "fidelity.max_abs_logit_diff"),
     ("compare/forward_speed_ours_over_hf", "compare", "ours.speed.ratio.forward_ours_over_hf"),
     ("preferences/train_pairs", "preferences", "train.pairs"),
-    ("reward/val_accuracy", "reward", "validation.accuracy"),
+    ("reward/report_accuracy", "reward", "report.accuracy"),
+    ("best_of_n/gold_gain_n16", "best_of_n", "report.16.gold_gain"),
+    ("best_of_n/gold_gain_n64", "best_of_n", "report.64.gold_gain"),
     ("rlhf/gold_score_before", "rlhf", "before.oracle_mean"),
     ("rlhf/gold_score_after", "rlhf", "after.oracle_mean"),
     ("rlhf/gold_score_gain", "rlhf", "change.oracle_mean"),
     ("rlhf/reward_model_gain", "rlhf", "change.reward_model_mean"),
     ("rlhf/kl", "rlhf", "after.kl_mean"),
     ("rlhf/val_perplexity_change", "rlhf", "change.val_perplexity_relative"),
+    ("rlhf/selected_step", "rlhf", "selected_step"),
+    ("dpo/gold_score_gain", "dpo", "change.oracle_mean"),
+    ("dpo/kl", "dpo", "after.kl_mean"),
+    ("dpo/val_perplexity_change", "dpo", "change.val_perplexity_relative"),
+    ("frontier/ppo_gain_over_best_of_n", "frontier", "ppo.gain_over_best_of_n"),
+    ("frontier/dpo_gain_over_best_of_n", "frontier", "dpo.gain_over_best_of_n"),
 )
 
 

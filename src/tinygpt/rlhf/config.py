@@ -1,4 +1,4 @@
-"""Params of the RLHF stages (preferences, reward, rlhf); torch-free.
+"""Params of the RLHF stages (preferences, reward, best_of_n, rlhf, dpo); torch-free.
 
 Each class is a section of params.yaml: its comments say what the keys mean, and the defaults here are
 its values (tests/pipeline/test_params.py checks that they agree)."""
@@ -21,7 +21,8 @@ class PreferencesParams:
     prompt_tokens: int = 8
     continuation_tokens: int = 24  # prompt_tokens + this + 1 must fit model.block_size (check_fits)
     train_prompts: int = 1536
-    val_prompts: int = 128
+    val_prompts: int = 256
+    selection_prompts: int = 128  # of val_prompts; the rest are the report set
     samples_per_prompt: int = 4  # >= 2
     temperature: float = 1.0
     batch_size: int = 64
@@ -34,8 +35,12 @@ class PreferencesParams:
         if self.oracle == "keyword":
             require(bool(self.keyword.strip()), "preferences.keyword", "a non-empty word", self.keyword)
         non_negative("preferences.min_margin", self.min_margin)
-        for key in ("prompt_tokens", "continuation_tokens", "train_prompts", "val_prompts", "batch_size"):
+        for key in ("prompt_tokens", "continuation_tokens", "train_prompts", "val_prompts", "selection_prompts",
+                    "batch_size"):
             positive(f"preferences.{key}", getattr(self, key))
+        require(self.selection_prompts < self.val_prompts, "preferences.selection_prompts",
+                f"fewer than preferences.val_prompts = {self.val_prompts}, so the report set is not empty",
+                self.selection_prompts)
         require(self.samples_per_prompt >= 2, "preferences.samples_per_prompt", "an integer >= 2", self.samples_per_prompt)
         positive("preferences.temperature", self.temperature)
         one_of("preferences.device", self.device, DEVICES)
@@ -67,6 +72,40 @@ class RewardParams:
 
 
 @dataclass
+class HeldOutParams:
+    """params.yaml `heldout`: how best-of-n and every finetuned model are evaluated on the held-out
+    prompts, and which evaluated point a finetuning run reports."""
+
+    samples_per_prompt: int = 2
+    temperature: float = 1.0
+    seed: int = 1337
+    batch_size: int = 256
+    kl_budget: float = 6.0
+    perplexity_budget: float = 0.10
+    table_samples: int = 8
+
+    def validate(self) -> None:
+        for key in ("samples_per_prompt", "temperature", "batch_size", "kl_budget", "perplexity_budget"):
+            positive(f"heldout.{key}", getattr(self, key))
+        non_negative("heldout.table_samples", self.table_samples)
+
+
+@dataclass
+class BestOfNParams:
+    """params.yaml `best_of_n`: the reranking baseline, reference samples picked by the reward model."""
+
+    max_n: int = 64  # samples per held-out prompt; the curve has n = 1, 2, 4, ..., max_n
+    device: str = "auto"
+    precision: str = "auto"
+
+    def validate(self) -> None:
+        require(self.max_n >= 2 and self.max_n & (self.max_n - 1) == 0, "best_of_n.max_n",
+                "a power of two >= 2", self.max_n)
+        one_of("best_of_n.device", self.device, DEVICES)
+        one_of("best_of_n.precision", self.precision, PRECISIONS)
+
+
+@dataclass
 class RlhfParams:
     """params.yaml `rlhf`: PPO against the reward model with a per-token KL penalty to the frozen
     pretrained model."""
@@ -76,12 +115,14 @@ class RlhfParams:
     minibatch_size: int = 16  # divides batch_size
     ppo_epochs: int = 2
     temperature: float = 1.0
-    learning_rate: float = 2e-4
+    learning_rate: float = 5e-5
     train_embeddings: bool = False
     adaptive_kl: bool = True
     init_kl_coef: float = 0.05
     target_kl: float = 4.0
     kl_horizon: int = 500
+    advantage: str = "gae"
+    samples_per_prompt: int = 1
     gamma: float = 1.0
     lam: float = 0.95
     cliprange: float = 0.2
@@ -90,19 +131,26 @@ class RlhfParams:
     ptx_coef: float = 0.5
     ptx_batch_size: int = 16
     grad_clip: float = 1.0
-    eval_samples_per_prompt: int = 2
-    table_samples: int = 8
+    eval_interval: int = 20
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"
 
     def validate(self) -> None:
         for key in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "temperature", "learning_rate",
-                    "target_kl", "kl_horizon", "grad_clip", "eval_samples_per_prompt"):
+                    "target_kl", "kl_horizon", "grad_clip", "eval_interval"):
             positive(f"rlhf.{key}", getattr(self, key))
         require(self.batch_size % self.minibatch_size == 0, "rlhf.minibatch_size",
                 f"a divisor of rlhf.batch_size = {self.batch_size}", self.minibatch_size)
-        for key in ("init_kl_coef", "vf_coef", "ptx_coef", "table_samples"):
+        one_of("rlhf.advantage", self.advantage, ("gae", "rloo"))
+        positive("rlhf.samples_per_prompt", self.samples_per_prompt)
+        require(self.batch_size % self.samples_per_prompt == 0, "rlhf.samples_per_prompt",
+                f"a divisor of rlhf.batch_size = {self.batch_size}", self.samples_per_prompt)
+        if self.advantage == "rloo":
+            require(self.samples_per_prompt >= 2, "rlhf.samples_per_prompt",
+                    "at least 2 with rlhf.advantage: rloo (the baseline is the other samples' mean)",
+                    self.samples_per_prompt)
+        for key in ("init_kl_coef", "vf_coef", "ptx_coef"):
             non_negative(f"rlhf.{key}", getattr(self, key))
         positive("rlhf.ptx_batch_size", self.ptx_batch_size)
         for key in ("gamma", "lam"):
@@ -111,3 +159,29 @@ class RlhfParams:
             positive(f"rlhf.{key}", getattr(self, key))
         one_of("rlhf.device", self.device, DEVICES)
         one_of("rlhf.precision", self.precision, PRECISIONS)
+
+
+@dataclass
+class DpoParams:
+    """params.yaml `dpo`: Direct Preference Optimization of the pretrained model on the preference pairs,
+    against a frozen copy of it (the reference); no reward model, no sampling."""
+
+    beta: float = 0.2  # strength of the implicit KL to the reference: reward = beta * log(policy / ref)
+    learning_rate: float = 4e-5
+    epochs: int = 1
+    batch_size: int = 16  # pairs per step
+    warmup_steps: int = 10
+    grad_clip: float = 1.0
+    max_pairs: int = 0  # train on a seeded subset of this many pairs; 0 = all pairs
+    eval_interval: int = 100  # steps between held-out evaluations; 0 = only at the start and the end
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"
+
+    def validate(self) -> None:
+        for key in ("beta", "learning_rate", "epochs", "batch_size", "grad_clip"):
+            positive(f"dpo.{key}", getattr(self, key))
+        for key in ("warmup_steps", "max_pairs", "eval_interval"):
+            non_negative(f"dpo.{key}", getattr(self, key))
+        one_of("dpo.device", self.device, DEVICES)
+        one_of("dpo.precision", self.precision, PRECISIONS)

@@ -17,30 +17,35 @@ import torch.nn as nn
 from tinygpt.core.device import autocast
 from tinygpt.data.batches import RandomWindows
 from tinygpt.model.gpt import GPT
+from tinygpt.model.heads import FullHead, output_head
 from tinygpt.rlhf import ppo
 from tinygpt.rlhf.config import RlhfParams
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.reward_model import RewardModel
 from tinygpt.rlhf.rollout import (Rollout, action_hidden, rollout_logprobs,
-                                  sample, token_entropy, token_logprobs)
+                                  sample)
 
 
 class PolicyWithValue(nn.Module):
-    """The policy's GPT and a value head reading the same hidden states (TRL's shared-trunk layout)."""
+    """The policy's GPT and a value head reading the same hidden states (TRL's shared-trunk layout).
+
+    `head` turns the hidden states into log-probs: the full LM head, or the exact compact one once the
+    embeddings are frozen (train_ppo picks)."""
 
     def __init__(self, gpt: GPT):
         super().__init__()
         self.gpt = gpt
+        self.head: FullHead = FullHead(gpt)
         self.value_head = nn.Linear(gpt.config.n_embd, 1)
         nn.init.zeros_(self.value_head.weight)  # V = 0 at the start: the first advantages are the returns
         nn.init.zeros_(self.value_head.bias)
 
     def forward(self, sequences: torch.Tensor, prompt_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (batch, response_len, vocab) and values (batch, response_len) at each action."""
+        """Hidden states (batch, response_len, n_embd) and values (batch, response_len) at each action."""
         hidden = action_hidden(self.gpt, sequences, prompt_len)
         with torch.autocast(device_type=sequences.device.type, enabled=False):
             values = self.value_head(hidden.float()).squeeze(-1)
-        return self.gpt.lm_head(hidden), values
+        return hidden, values
 
 
 def freeze_embeddings(model: GPT) -> None:
@@ -79,28 +84,33 @@ class Experience:
 @torch.no_grad()
 def score_rollout(
     policy: PolicyWithValue, ref: GPT, reward_model: RewardModel, rollout: Rollout, temperature: float,
-    precision: str,
+    precision: str, ref_head: FullHead | None = None,
 ) -> dict[str, torch.Tensor]:
     """The policy's log-probs, entropies and values, the reference's log-probs and the reward scores."""
     with autocast(rollout.sequences.device, precision):
-        logits, values = policy(rollout.sequences, rollout.prompt_len)
+        hidden, values = policy(rollout.sequences, rollout.prompt_len)
         scores = reward_model(rollout.sequences, rollout.last_index).float()
-    logp = token_logprobs(logits, rollout.responses, temperature)
-    ref_logp = rollout_logprobs(ref, rollout, temperature, precision)
-    entropy = token_entropy(logits, temperature)
+        logp = policy.head.logprobs(hidden, rollout.responses, temperature)
+        entropy = policy.head.entropy(hidden, temperature)
+    ref_logp = rollout_logprobs(ref, rollout, temperature, precision, ref_head)
     return {"logp": logp, "entropy": entropy, "values": values, "ref_logp": ref_logp, "scores": scores}
 
 
 def collect(
     policy: PolicyWithValue, ref: GPT, reward_model: RewardModel, prompts: torch.Tensor, rlhf_params: RlhfParams,
     max_new_tokens: int, beta: float, oracle: Oracle, generator: torch.Generator, precision: str,
+    ref_head: FullHead | None = None,
 ) -> tuple[Experience, dict[str, float]]:
     """Sample a batch, turn scores and KL into per-token rewards and those into advantages."""
-    rollout = sample(policy.gpt, prompts, max_new_tokens, rlhf_params.temperature, generator, precision)
-    scored = score_rollout(policy, ref, reward_model, rollout, rlhf_params.temperature, precision)
+    rollout = sample(policy.gpt, prompts, max_new_tokens, rlhf_params.temperature, generator, precision, policy.head)
+    scored = score_rollout(policy, ref, reward_model, rollout, rlhf_params.temperature, precision, ref_head)
     mask = rollout.mask
     rewards, kl = ppo.kl_penalised_rewards(scored["logp"], scored["ref_logp"], scored["scores"], mask, beta)
-    advantages, returns = ppo.gae(rewards, scored["values"], mask, rlhf_params.gamma, rlhf_params.lam)
+    if rlhf_params.advantage == "rloo":
+        advantages = ppo.rloo_advantages(scored["scores"], kl, mask, beta, rlhf_params.samples_per_prompt)
+        returns = advantages  # no critic: the value loss is off (ppo_minibatch)
+    else:
+        advantages, returns = ppo.gae(rewards, scored["values"], mask, rlhf_params.gamma, rlhf_params.lam)
     experience = Experience(
         rollout.sequences, mask, scored["logp"], scored["values"] * mask,
         ppo.whiten(advantages, mask), returns, rollout.prompt_len,
@@ -145,14 +155,14 @@ def ppo_minibatch(
     """One gradient step on the clipped policy loss plus vf_coef times the clipped value loss, plus
     ptx_coef times the language-modelling loss on a batch of the corpus when `pretrain` is given."""
     with autocast(mb.sequences.device, precision):
-        logits, values = policy(mb.sequences, mb.prompt_len)
-    logp = token_logprobs(logits, mb.sequences[:, mb.prompt_len :], rlhf_params.temperature)
+        hidden, values = policy(mb.sequences, mb.prompt_len)
+        logp = policy.head.logprobs(hidden, mb.sequences[:, mb.prompt_len :], rlhf_params.temperature)
     pg_loss, pg_stats = ppo.policy_loss(logp, mb.logp, mb.advantages, mb.mask, rlhf_params.cliprange)
     vf_loss, vf_stats = ppo.value_loss(values, mb.values, mb.returns, mb.mask, rlhf_params.cliprange_value)
-    loss = pg_loss + rlhf_params.vf_coef * vf_loss
+    loss = pg_loss + (rlhf_params.vf_coef * vf_loss if rlhf_params.advantage == "gae" else 0.0)
     stats = {"policy_loss": pg_loss, "value_loss": vf_loss, **pg_stats, **vf_stats}
     if pretrain is not None:
-        stats["ptx_loss"] = ptx_loss(policy.gpt, pretrain, precision)
+        stats["ptx_loss"] = ptx_loss(policy.gpt, pretrain, precision, policy.head)
         loss = loss + rlhf_params.ptx_coef * stats["ptx_loss"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -163,14 +173,14 @@ def ppo_minibatch(
     return {key: float(value.detach()) for key, value in stats.items()}
 
 
-def ptx_loss(model: GPT, pretrain: RandomWindows, precision: str) -> torch.Tensor:
+def ptx_loss(model: GPT, pretrain: RandomWindows, precision: str, head: FullHead | None = None) -> torch.Tensor:
     """Next-token loss on random windows of the corpus: InstructGPT's PPO-ptx term, which keeps the
     policy a language model of the corpus while PPO pulls it toward the reward."""
+    head = head or FullHead(model)
     device = next(model.parameters()).device
     x, y = (t.to(device) for t in pretrain.next_batch())
     with autocast(device, precision):
-        _, loss = model(x, y)
-    return loss
+        return -head.logprobs(model.hidden_states(x), y).mean()
 
 
 def kl_controller(rlhf_params: RlhfParams) -> ppo.AdaptiveKLController | ppo.FixedKLController:
@@ -193,11 +203,13 @@ def train_ppo(
     policy: PolicyWithValue, ref: GPT, reward_model: RewardModel, prompts: np.ndarray, rlhf_params: RlhfParams,
     max_new_tokens: int, oracle: Oracle, precision: str, corpus: np.ndarray | None = None,
     on_step: Callable[[int, dict], None] = lambda step, metrics: None,
+    on_eval: Callable[[int, PolicyWithValue], None] = lambda step, policy: None,
 ) -> list[dict]:
     """`rlhf_params.steps` PPO steps on rollouts of `prompts` (n, prompt_len); returns one row of metrics
     per step.
 
     With `corpus` (train-split tokens) and rlhf_params.ptx_coef > 0, every update also fits the corpus (PPO-ptx).
+    `on_eval(steps_done, policy)` is called every `rlhf_params.eval_interval` steps and after the last.
     """
     device = next(policy.parameters()).device
     policy.eval()  # no dropout anywhere in PPO (see ppo_update)
@@ -206,22 +218,29 @@ def train_ppo(
     shuffler = torch.Generator().manual_seed(rlhf_params.seed + 1)
     if not rlhf_params.train_embeddings:
         freeze_embeddings(policy.gpt)
+    # The compact head is exact only while the embedding it copied stays frozen.
+    policy.head = output_head(policy.gpt, compact=not rlhf_params.train_embeddings)
+    ref_head = output_head(ref, compact=True)
     trained = [w for w in policy.parameters() if w.requires_grad]
     optimizer = torch.optim.Adam(trained, lr=rlhf_params.learning_rate, fused=device.type in ("cpu", "cuda"))
     controller = kl_controller(rlhf_params)
-    batches = prompt_batches(len(prompts), rlhf_params.batch_size, np.random.default_rng(rlhf_params.seed))
+    group = rlhf_params.samples_per_prompt  # each prompt's rollouts sit side by side (rloo_advantages)
+    batches = prompt_batches(len(prompts), rlhf_params.batch_size // group, np.random.default_rng(rlhf_params.seed))
     pretrain = None
     if corpus is not None and rlhf_params.ptx_coef > 0:
         pretrain = RandomWindows(corpus, policy.gpt.config.block_size, rlhf_params.ptx_batch_size, rlhf_params.seed)
     history = []
     for step in range(rlhf_params.steps):
-        batch = torch.as_tensor(prompts[next(batches)], device=device)
+        batch = torch.as_tensor(prompts[next(batches)], device=device).repeat_interleave(group, dim=0)
         experience, stats = collect(
             policy, ref, reward_model, batch, rlhf_params, max_new_tokens, controller.value, oracle, generator,
-            precision,
+            precision, ref_head,
         )
         stats.update(ppo_update(policy, optimizer, experience, rlhf_params, shuffler, precision, pretrain))
         controller.update(stats["kl"], rlhf_params.batch_size)
         history.append({"step": step, **stats})
         on_step(step, stats)
+        done = step + 1
+        if done % rlhf_params.eval_interval == 0 or done == rlhf_params.steps:
+            on_eval(done, policy)
     return history

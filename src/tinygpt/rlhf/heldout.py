@@ -3,6 +3,7 @@ oracle ("gold") score, reward-model ("proxy") score, KL to the reference, a tabl
 figures of PPO's curves (tinygpt.pipeline.outputs.rlhf writes them)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,10 +12,11 @@ import torch
 
 from tinygpt.core import figures
 from tinygpt.core.device import autocast
+from tinygpt.core.modes import eval_mode
 from tinygpt.data.tokenizer import decode
-from tinygpt.eval.likelihood import split_nll
 from tinygpt.model.gpt import GPT
-from tinygpt.rlhf.config import RlhfParams
+from tinygpt.model.heads import output_head
+from tinygpt.rlhf.config import HeldOutParams
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.reward_model import RewardModel
 from tinygpt.rlhf.rollout import rollout_logprobs, sample
@@ -25,22 +27,30 @@ CURVES = ["reward_model_score", "gold_score", "kl", "beta", "entropy", "policy_l
 
 @dataclass
 class HeldOut:
-    """One model's continuations of the held-out prompts (prompt-major) and their scores."""
+    """One model's continuations of one set of held-out prompts (prompt-major) and their scores."""
 
     texts: list[str]
     gold: np.ndarray  # oracle score per continuation
     reward: np.ndarray  # normalised reward-model score
     kl: np.ndarray  # sum over the continuation of log pi - log pi_ref, nats
     tokens: np.ndarray  # response length, up to and including an end-of-text
+    samples_per_prompt: int
+
+    def per_prompt(self, values: np.ndarray) -> np.ndarray:
+        """Each prompt's mean: the unit of the standard errors, since a prompt's samples are correlated."""
+        return values.reshape(-1, self.samples_per_prompt).mean(axis=1)
 
     def metrics(self) -> dict[str, float]:
-        return {
-            "oracle_mean": float(self.gold.mean()),
-            "oracle_sem": float(self.gold.std(ddof=1) / np.sqrt(len(self.gold))),
-            "reward_model_mean": float(self.reward.mean()),
-            "kl_mean": float(self.kl.mean()),
-            "response_tokens_mean": float(self.tokens.mean()),
-        }
+        out = {}
+        for name, values in (("oracle", self.gold), ("reward_model", self.reward), ("kl", self.kl)):
+            out[f"{name}_mean"] = float(values.mean())
+            out[f"{name}_se"] = sem(self.per_prompt(values))
+        return {**out, "response_tokens_mean": float(self.tokens.mean())}
+
+
+def sem(per_prompt: np.ndarray) -> float:
+    """Standard error of the mean across prompts."""
+    return float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else float("nan")
 
 
 @torch.no_grad()
@@ -50,12 +60,16 @@ def held_out(
 ) -> HeldOut:
     """Sample `samples` continuations per prompt from `model` (seeded) and score them."""
     generator = torch.Generator(prompts.device).manual_seed(seed)
+    heads = output_head(model, compact=True), output_head(ref, compact=True)  # exact for the weights as they are
     texts, ids, rewards, kls = [], [], [], []
     for chunk in prompts.repeat_interleave(samples, dim=0).split(batch_size):
-        rollout = sample(model, chunk, max_new_tokens, temperature, generator, precision)
-        log_ratio = rollout_logprobs(model, rollout, temperature, precision) - rollout_logprobs(
-            ref, rollout, temperature, precision
-        )
+        rollout = sample(model, chunk, max_new_tokens, temperature, generator, precision, heads[0])
+        if model is ref:  # the reference against itself (best-of-n's samples): KL 0, no need to compute it
+            log_ratio = torch.zeros_like(rollout.mask)
+        else:
+            log_ratio = rollout_logprobs(model, rollout, temperature, precision, heads[0]) - rollout_logprobs(
+                ref, rollout, temperature, precision, heads[1]
+            )
         with autocast(prompts.device, precision):
             rewards.append(reward_model(rollout.sequences, rollout.last_index).float().cpu())
         kls.append((log_ratio * rollout.mask).sum(dim=1).cpu())
@@ -63,43 +77,82 @@ def held_out(
         ids += rollout.response_ids()
     return HeldOut(
         texts, np.asarray(oracle.scores(texts, ids)), torch.cat(rewards).numpy(), torch.cat(kls).numpy(),
-        np.asarray([len(row) for row in ids]),
+        np.asarray([len(row) for row in ids]), samples,
     )
 
 
 @dataclass
 class EvalTask:
-    """What the before/after evaluation holds fixed: prompts, seed, scorers and the val split."""
+    """What every held-out evaluation holds fixed: the prompt sets, seed, scorers and the val split."""
 
     reward_model: RewardModel
-    prompts: torch.Tensor  # (n, prompt_len) held-out prompts
+    prompts: dict[str, torch.Tensor]  # "selection" and "report": (n, prompt_len) held-out prompts
     val_tokens: np.ndarray
-    rlhf_params: RlhfParams
+    heldout_params: HeldOutParams
     max_new_tokens: int
     oracle: Oracle
     precision: str
 
 
-def evaluate(model: GPT, ref: GPT, task: EvalTask) -> tuple[HeldOut, dict[str, float]]:
-    """Held-out continuations and their scores, plus the model's perplexity on the whole val split."""
-    rlhf_params = task.rlhf_params
-    result = held_out(
-        model, ref, task.reward_model, task.prompts, rlhf_params.eval_samples_per_prompt, task.max_new_tokens,
-        rlhf_params.temperature, rlhf_params.seed, task.oracle, task.precision, rlhf_params.batch_size,
-    )
-    context = model.config.block_size  # non-overlapping windows: the same for the model before and after
-    nll = split_nll(model, task.val_tokens, context, context, batch_size=16, device=task.prompts.device,
-                    precision=task.precision)
-    return result, {**result.metrics(), "val_loss": nll.mean_nll, "val_perplexity": nll.perplexity}
+@dataclass
+class Evaluation:
+    """One model on every held-out set, and its perplexity on the whole val split."""
+
+    sets: dict[str, HeldOut]
+    val_loss: float
+    val_perplexity: float
+
+    def metrics(self, held_out_set: str) -> dict[str, float]:
+        return {**self.sets[held_out_set].metrics(), "val_loss": self.val_loss, "val_perplexity": self.val_perplexity}
 
 
-def change(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """What RLHF changed: score differences and the relative change in perplexity."""
+def evaluate(model: GPT, ref: GPT, task: EvalTask) -> Evaluation:
+    """Held-out continuations of each set (the same seed for every model) and the val perplexity."""
+    settings = task.heldout_params
+    sets = {
+        name: held_out(
+            model, ref, task.reward_model, prompts, settings.samples_per_prompt, task.max_new_tokens,
+            settings.temperature, settings.seed, task.oracle, task.precision, settings.batch_size,
+        )
+        for name, prompts in task.prompts.items()
+    }
+    loss = val_nll(model, task.val_tokens, task.precision)
+    return Evaluation(sets, loss, math.exp(loss))
+
+
+@torch.no_grad()
+def val_nll(model: GPT, tokens: np.ndarray, precision: str, batch_size: int = 16) -> float:
+    """Mean next-token NLL of the whole split in non-overlapping windows of the model's context, through
+    the compact output head where the embedding allows (the frontier evaluates this at every point;
+    eval.likelihood.split_nll also computes calibration statistics, at 15x the cost)."""
+    device = next(model.parameters()).device
+    head, context = output_head(model, compact=True), model.config.block_size
+    ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)
+    n_targets = len(ids) - 1
+    full = n_targets // context
+    x, y = ids[: full * context].view(full, context), ids[1 : full * context + 1].view(full, context)
+    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, full, batch_size)]
+    if n_targets % context:  # the last, shorter window
+        batches.append((ids[full * context : n_targets][None], ids[full * context + 1 :][None]))
+    total = 0.0
+    with eval_mode(model):
+        for inputs, targets in batches:
+            with autocast(device, precision):
+                total -= head.logprobs(model.hidden_states(inputs), targets).sum().item()
+    return total / n_targets
+
+
+def change(before: Evaluation, after: Evaluation, held_out_set: str) -> dict[str, float]:
+    """What finetuning changed on one set: score gains with their paired standard errors (per prompt,
+    the same prompts and seed before and after) and the relative change in val perplexity."""
+    b, a = before.sets[held_out_set], after.sets[held_out_set]
+    gold_gain = a.per_prompt(a.gold) - b.per_prompt(b.gold)
+    proxy_gain = a.per_prompt(a.reward) - b.per_prompt(b.reward)
     return {
-        "oracle_mean": after["oracle_mean"] - before["oracle_mean"],
-        "reward_model_mean": after["reward_model_mean"] - before["reward_model_mean"],
-        "kl_mean": after["kl_mean"],
-        "val_perplexity_relative": after["val_perplexity"] / before["val_perplexity"] - 1.0,
+        "oracle_mean": float(gold_gain.mean()), "oracle_se": sem(gold_gain),
+        "reward_model_mean": float(proxy_gain.mean()), "reward_model_se": sem(proxy_gain),
+        "kl_mean": float(a.kl.mean()),
+        "val_perplexity_relative": after.val_perplexity / before.val_perplexity - 1.0,
     }
 
 

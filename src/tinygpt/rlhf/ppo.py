@@ -27,6 +27,21 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + 1e-8) * mask
 
 
+def rloo_advantages(
+    scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float, samples_per_prompt: int
+) -> torch.Tensor:
+    """REINFORCE leave-one-out advantages (Kool et al. 2019; Ahmadian et al. 2024), no critic.
+
+    Rows come in groups of `samples_per_prompt` continuations of one prompt. A row's return is its score
+    minus beta times its summed KL; its baseline is the mean return of the other rows of its group, which
+    removes what the prompt alone decides (a prompt that invites a cheerful line) without a value head.
+    Every token of a row gets the row's advantage.
+    """
+    returns = (scores - beta * kl.sum(dim=1)).view(-1, samples_per_prompt)
+    baseline = (returns.sum(dim=1, keepdim=True) - returns) / (samples_per_prompt - 1)
+    return (returns - baseline).reshape(-1, 1) * mask
+
+
 def kl_penalised_rewards(
     logp: torch.Tensor, ref_logp: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -3,7 +3,8 @@ and every two continuations of a prompt labelled chosen/rejected by an oracle (t
 
 Saved with the `datasets` library (Arrow, `save_to_disk`): `pairs` holds prompt, chosen, rejected, both
 oracle scores and the token ids; `prompts` holds every prompt, for PPO's rollouts (train) and the
-before/after evaluation (validation).
+held-out evaluations: the val split's prompts are dealt into a `selection` set, on which settings and
+checkpoints are chosen, and a `report` set for the headline numbers.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from tinygpt.rlhf.oracles import Oracle, prefer
 from tinygpt.rlhf.rollout import sample_in_batches
 
 LINE_BREAKS = (198, 628)  # GPT-2 ids of "\n" and "\n\n": prompts start where a line starts
-SPLITS = ("train", "validation")
+SPLITS = ("train", "selection", "report")  # selection and report: the val split's prompts, dealt in two
 
 PAIR_FEATURES = Features(
     {
@@ -146,12 +147,20 @@ def check_fits(config: GPTConfig, preferences_params: PreferencesParams) -> None
         )
 
 
+def heldout_sets(prompt_ids: np.ndarray, n_selection: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The val split's prompts dealt at random into a `selection` set (anything tuned, including which
+    checkpoint to report, is chosen on it) and a `report` set (the headline numbers; nothing looks at it
+    before). Each keeps the text order of its prompts."""
+    picked = np.zeros(len(prompt_ids), dtype=bool)
+    picked[rng.permutation(len(prompt_ids))[:n_selection]] = True
+    return {"selection": prompt_ids[picked], "report": prompt_ids[~picked]}
+
+
 def build_split(
-    model: GPT, tokens: np.ndarray, n_prompts: int, split: str, preferences_params: PreferencesParams,
-    oracle: Oracle, rng: np.random.Generator, generator: torch.Generator, precision: str,
+    model: GPT, prompt_ids: np.ndarray, split: str, preferences_params: PreferencesParams,
+    oracle: Oracle, generator: torch.Generator, precision: str,
 ) -> tuple[Dataset, Dataset, dict]:
-    """One split's (pairs, prompts, stats): cut prompts, sample and score continuations, label pairs."""
-    prompt_ids = cut_prompts(tokens, n_prompts, preferences_params.prompt_tokens, rng)
+    """One split's (pairs, prompts, stats): sample and score continuations of its prompts, label pairs."""
     cont = sample_continuations(
         model, prompt_ids, preferences_params.samples_per_prompt, preferences_params.continuation_tokens,
         preferences_params.temperature, oracle, generator, precision, preferences_params.batch_size,

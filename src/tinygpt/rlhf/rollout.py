@@ -16,6 +16,7 @@ from tinygpt.core.device import autocast
 from tinygpt.data.tokenizer import EOT_ID, decode
 from tinygpt.model.generate import generate_cached
 from tinygpt.model.gpt import GPT
+from tinygpt.model.heads import FullHead
 
 
 @dataclass
@@ -60,11 +61,14 @@ def sample(
     temperature: float,
     generator: torch.Generator,
     precision: str = "fp32",
+    head: FullHead | None = None,
 ) -> Rollout:
-    """Continue every prompt (batch, prompt_len) by `max_new_tokens` ids drawn at `temperature`."""
+    """Continue every prompt (batch, prompt_len) by `max_new_tokens` ids drawn at `temperature` (through
+    `head`, by default the model's full LM head)."""
     device = prompts.device
+    head = head or FullHead(model)
     with autocast(device, precision):
-        sequences = generate_cached(model, prompts, max_new_tokens, temperature, EOT_ID, generator)
+        sequences = generate_cached(model, prompts, max_new_tokens, temperature, EOT_ID, generator, head.sample)
     # Generation stops once every row has ended; pad so every batch has the same shape.
     missing = prompts.size(1) + max_new_tokens - sequences.size(1)
     sequences = F.pad(sequences, (0, missing), value=EOT_ID)
@@ -93,27 +97,13 @@ def action_hidden(model: GPT, sequences: torch.Tensor, prompt_len: int) -> torch
     return model.hidden_states(sequences)[:, prompt_len - 1 : -1, :]
 
 
-def _tempered(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    logits = logits.float()  # softmax over 50k entries in fp32, whatever the matmul precision
-    return logits if temperature == 1.0 else logits / temperature
-
-
-def token_logprobs(logits: torch.Tensor, actions: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Log-prob of each taken action (batch, seq) under softmax(logits / temperature)."""
-    # cross_entropy fuses log-softmax and the pick, forward and backward: no (batch, seq, vocab) log-probs kept
-    nll = F.cross_entropy(_tempered(logits, temperature).flatten(0, 1), actions.flatten(), reduction="none")
-    return -nll.view(actions.shape)
-
-
-def token_entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Entropy (batch, seq) of softmax(logits / temperature), in nats."""
-    logp = F.log_softmax(_tempered(logits, temperature), dim=-1)
-    return -(logp.exp() * logp).sum(dim=-1)
-
-
 @torch.no_grad()
-def rollout_logprobs(model: GPT, rollout: Rollout, temperature: float, precision: str = "fp32") -> torch.Tensor:
-    """Per-token log-probs (batch, response_len) of a rollout's responses under `model`."""
+def rollout_logprobs(
+    model: GPT, rollout: Rollout, temperature: float, precision: str = "fp32", head: FullHead | None = None
+) -> torch.Tensor:
+    """Per-token log-probs (batch, response_len) of a rollout's responses under `model` (through `head`,
+    by default its full LM head)."""
+    head = head or FullHead(model)
     with autocast(rollout.sequences.device, precision):
-        logits = model.lm_head(action_hidden(model, rollout.sequences, rollout.prompt_len))
-    return token_logprobs(logits, rollout.responses, temperature)
+        hidden = action_hidden(model, rollout.sequences, rollout.prompt_len)
+        return head.logprobs(hidden, rollout.responses, temperature)

@@ -1,5 +1,5 @@
-"""What the rlhf stage writes besides the policy: PPO's step curves, the proxy-vs-gold figure, and the
-held-out samples before and after."""
+"""What the rlhf stage writes besides the policy: PPO's step curves, the proxy-vs-gold figure, the
+frontier's evaluated points and the report-set samples before and after."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,18 +8,25 @@ from tinygpt.core import io
 from tinygpt.core.figures import write_figure
 from tinygpt.pipeline import paths
 from tinygpt.pipeline.outputs.curves import write_curves
-from tinygpt.rlhf.heldout import (CURVES, EvalTask, HeldOut,
-                                  proxy_vs_gold_figure, samples_markdown,
-                                  samples_table)
+from tinygpt.rlhf.frontier import FrontierTracker
+from tinygpt.rlhf.heldout import (CURVES, EvalTask, proxy_vs_gold_figure,
+                                  samples_markdown, samples_table)
 
 
-def write_outputs(history: list[dict], before: HeldOut, after: HeldOut, task: EvalTask) -> list[Path]:
-    """The step curves (CSV + PNG), the proxy-vs-gold figure and the sample table; returns the folders."""
+def write_outputs(history: list[dict], tracker: FrontierTracker, task: EvalTask) -> list[Path]:
+    """The step curves (CSV + PNG), the proxy-vs-gold figure, frontier.csv and the sample table; returns
+    the folders."""
     curves = [c for c in CURVES if c in history[0]]  # ptx_loss only with PPO-ptx
     table = write_curves(history, paths.RLHF_STEPS_CSV, paths.RLHF_STEPS_PNG, curves, "PPO training")
     write_figure(proxy_vs_gold_figure(table, task.oracle.name), paths.RLHF_PROXY_GOLD_PNG)
-    rlhf_params = task.rlhf_params
-    samples = samples_table(task.prompts.cpu().numpy(), before, after, rlhf_params.eval_samples_per_prompt,
-                            rlhf_params.table_samples)
-    io.write_text(paths.RLHF_SAMPLES_MD, samples_markdown(samples, task.oracle, rlhf_params.seed))
+    write_frontier_and_samples(tracker, task, paths.RLHF_FRONTIER_CSV, paths.RLHF_SAMPLES_MD)
     return [paths.RLHF_PLOTS, paths.RLHF_REPORTS]
+
+
+def write_frontier_and_samples(tracker: FrontierTracker, task: EvalTask, frontier_csv: Path, samples_md: Path) -> None:
+    """Every evaluated point (both sets) as CSV, and report-set samples of the reference and the reported point."""
+    io.write_text(frontier_csv, tracker.table().to_csv(index=False, float_format="%.6g"))
+    settings = task.heldout_params
+    samples = samples_table(task.prompts["report"].cpu().numpy(), tracker.reference.sets["report"],
+                            tracker.selected.sets["report"], settings.samples_per_prompt, settings.table_samples)
+    io.write_text(samples_md, samples_markdown(samples, task.oracle, settings.seed))

@@ -1,0 +1,107 @@
+"""The output layer as log-probs: the plain LM head, and an exact compact one for frozen embeddings.
+
+RLHF needs the log-prob of a taken token and the entropy of the next-token distribution, not the logits
+themselves. A model pretrained over the training vocabulary (tinygpt.model.shortlist) has 39,022 identical
+rows in its 50,257-row tied embedding: every token the training split never uses shares one row. While
+that embedding is frozen (PPO's and DPO's default), the full softmax is exactly a softmax over the 11,235
+distinct rows, each row's logit raised by log(how many tokens share it). That makes the LM head, its
+softmax and its backward 4.5 times smaller, with the same numbers as the full head up to rounding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tinygpt.model.generate import sample_softmax
+from tinygpt.model.gpt import GPT
+
+
+class FullHead:
+    """Log-probs through the model's own LM head over the whole vocabulary."""
+
+    def __init__(self, model: GPT):
+        self.model = model
+
+    def _scaled(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+        logits = self.model.lm_head(hidden).float()  # softmax in fp32, whatever the matmul precision
+        return logits if temperature == 1.0 else logits / temperature
+
+    def logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Log-prob of each id (batch, seq) under softmax(logits / temperature)."""
+        logits = self._scaled(hidden, temperature)
+        # cross_entropy fuses log-softmax and the pick, forward and backward: no (batch, seq, vocab) log-probs kept
+        nll = F.cross_entropy(logits.flatten(0, 1), ids.flatten(), reduction="none")
+        return -nll.view(ids.shape)
+
+    def entropy(self, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Entropy (batch, seq) of the next-token distribution, in nats."""
+        logp = F.log_softmax(self._scaled(hidden, temperature), dim=-1)
+        return -(logp.exp() * logp).sum(dim=-1)
+
+    def sample(self, hidden: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+        """One id per row of `hidden` (batch, n_embd) from softmax(logits / temperature)."""
+        return sample_softmax(self.model.lm_head(hidden), temperature, generator)
+
+
+class CompactHead(FullHead):
+    """The same log-probs over the distinct rows of a frozen tied embedding.
+
+    A row shared by n tokens enters the softmax once with log(n) added to its logit (n equal terms
+    exp(z) sum to exp(z + log n)); one of those tokens then has that row's probability divided by n.
+    """
+
+    def __init__(self, model: GPT, rows: torch.Tensor, row_of_id: torch.Tensor, counts: torch.Tensor):
+        super().__init__(model)
+        self.rows = rows  # (distinct rows, n_embd), a frozen copy
+        self.row_of_id = row_of_id  # token id -> its row
+        self.counts = counts
+        self.log_counts = counts.float().log()  # log(tokens sharing each row)
+        self.ids_by_row = torch.argsort(row_of_id, stable=True)  # each row's token ids, one row after another
+        self.first_of_row = counts.cumsum(0) - counts  # where a row's ids start in ids_by_row
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, model: GPT, min_saving: float = 2.0) -> "CompactHead | None":
+        """The compact head of `model`, or None when too few rows repeat to be worth it (GPT-2 has none).
+
+        The rows are copied now: the caller must keep the embedding frozen (finetune.freeze_embeddings),
+        or the compact head would go on scoring the old rows.
+        """
+        weight = model.lm_head.weight
+        rows, row_of_id, counts = torch.unique(weight, dim=0, return_inverse=True, return_counts=True)
+        if len(rows) * min_saving > len(weight):
+            return None
+        return cls(model, rows.detach().clone(), row_of_id, counts)
+
+    def _scaled(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Logits over the distinct rows, log-counts added: their logsumexp is the full vocabulary's."""
+        logits = F.linear(hidden, self.rows.to(hidden.dtype)).float()
+        logits = logits if temperature == 1.0 else logits / temperature
+        return logits + self.log_counts
+
+    def logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        rows = self.row_of_id[ids]
+        return super().logprobs(hidden, rows, temperature) - self.log_counts[rows]
+
+    def entropy(self, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        logp_rows = F.log_softmax(self._scaled(hidden, temperature), dim=-1)
+        # each of a row's n tokens has log-prob logp_row - log n, and together they carry p_row
+        return -(logp_rows.exp() * (logp_rows - self.log_counts)).sum(dim=-1)
+
+    def sample(self, hidden: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+        """Inverse-CDF sampling over the rows with one uniform per row of `hidden`, as sample_softmax does;
+        where the draw falls inside a shared row's interval picks one of its tokens, uniformly."""
+        cdf = torch.softmax(self._scaled(hidden, temperature), dim=-1).cumsum(dim=-1)
+        u = torch.rand(hidden.size(0), 1, generator=generator, device=hidden.device) * cdf[:, -1:]
+        row = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.size(-1) - 1)
+        low = torch.where(row > 0, cdf.gather(1, (row - 1).clamp_min(0)), torch.zeros_like(u))
+        within = (u - low) / (cdf.gather(1, row) - low).clamp_min(1e-30)  # uniform in [0, 1) inside the row
+        count = self.counts[row]
+        member = torch.minimum((within.clamp_min(0) * count).long(), count - 1)
+        return self.ids_by_row[self.first_of_row[row] + member].squeeze(-1)
+
+
+def output_head(model: GPT, compact: bool) -> FullHead:
+    """The compact head when asked for and the embedding has enough repeated rows, else the full one."""
+    head = CompactHead.of(model) if compact else None
+    return head or FullHead(model)

@@ -1,0 +1,133 @@
+"""Gold score against KL: where a finetuned policy stands next to best-of-n (Gao et al. 2023).
+
+A finetuning run is evaluated on both held-out sets at several points; each point is (KL from the
+reference, gold gain, proxy gain, perplexity change). The point a run reports is chosen on the
+selection set only, within a KL and a perplexity budget; the report set's numbers at that point are the
+headline, so the choice cannot flatter them.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from typing import Callable
+
+import pandas as pd
+
+from tinygpt.core import figures
+from tinygpt.model.gpt import GPT
+from tinygpt.rlhf.best_of_n import gold_gain_at
+from tinygpt.rlhf.heldout import EvalTask, Evaluation, change, evaluate
+
+
+def frontier_rows(step: int, reference: Evaluation, evaluation: Evaluation) -> list[dict]:
+    """One row per held-out set for the policy at `step`, its gains against the reference."""
+    rows = []
+    for name, held_out in evaluation.sets.items():
+        gains = change(reference, evaluation, name)
+        rows.append({
+            "step": step, "set": name,
+            "kl": gains["kl_mean"], "kl_se": held_out.metrics()["kl_se"],
+            "gold": float(held_out.gold.mean()), "gold_gain": gains["oracle_mean"], "gold_gain_se": gains["oracle_se"],
+            "proxy_gain": gains["reward_model_mean"], "proxy_gain_se": gains["reward_model_se"],
+            "val_perplexity_relative": gains["val_perplexity_relative"],
+        })
+    return rows
+
+
+def select_point(table: pd.DataFrame, kl_budget: float, perplexity_budget: float) -> int:
+    """The step with the highest selection-set gold gain among those within both budgets (of equal
+    gains, the earliest). Reads the selection rows only; step 0, the reference, is always within."""
+    rows = table[table["set"] == "selection"]
+    within = rows[(rows["kl"] <= kl_budget) & (rows["val_perplexity_relative"] <= perplexity_budget)]
+    within = within if len(within) else rows[rows["step"] == rows["step"].min()]
+    return int(within.sort_values(["gold_gain", "step"], ascending=[False, True])["step"].iloc[0])
+
+
+class FrontierTracker:
+    """Evaluates a finetuning run at its checkpoints on both held-out sets, keeps the frontier's rows,
+    and keeps a copy of the model at the point `select_point` picks so far (step 0 is the reference)."""
+
+    def __init__(self, ref: GPT, task: EvalTask, log: Callable[[int, dict], None] = lambda step, metrics: None):
+        started = time.perf_counter()
+        self.ref, self.task, self.log = ref, task, log
+        self.kl_budget, self.perplexity_budget = task.heldout_params.kl_budget, task.heldout_params.perplexity_budget
+        self.reference = evaluate(ref, ref, task)
+        self.rows = frontier_rows(0, self.reference, self.reference)
+        self.selected_step, self.selected_model, self.selected = 0, copy.deepcopy(ref), self.reference
+        self.last_step, self.last = 0, self.reference
+        self.seconds = time.perf_counter() - started  # evaluation time, so the caller can tell it from training's
+
+    def add(self, step: int, model: GPT) -> None:
+        started = time.perf_counter()
+        evaluation = evaluate(model, self.ref, self.task)
+        rows = frontier_rows(step, self.reference, evaluation)
+        self.rows += rows
+        self.last_step, self.last = step, evaluation
+        if select_point(self.table(), self.kl_budget, self.perplexity_budget) == step:
+            self.selected_step, self.selected_model, self.selected = step, copy.deepcopy(model), evaluation
+        self.log(step, {f"heldout_{row['set']}_{key}": row[key] for row in rows
+                        for key in ("kl", "gold_gain", "proxy_gain", "val_perplexity_relative")})
+        self.seconds += time.perf_counter() - started
+
+    def table(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def metrics(self) -> dict:
+        """The reported (selected) point on the report set as before/after/change, plus the same on the
+        selection set and the last evaluated point, for seeing what the choice did."""
+        report = "report"
+        return {
+            "selected_step": self.selected_step, "kl_budget": self.kl_budget,
+            "perplexity_budget": self.perplexity_budget,
+            "before": self.reference.metrics(report), "after": self.selected.metrics(report),
+            "change": change(self.reference, self.selected, report),
+            "selection_change": change(self.reference, self.selected, "selection"),
+            "last": {"step": self.last_step, **change(self.reference, self.last, report)},
+        }
+
+
+def against_best_of_n(row: dict, best_of_n: pd.DataFrame) -> dict[str, float]:
+    """The policy's gold gain minus best-of-n's at the policy's KL (on the same held-out set)."""
+    bon_gain, beyond = gold_gain_at(best_of_n, row["kl"])
+    return {"best_of_n_gold_gain_at_kl": bon_gain, "gain_over_best_of_n": row["gold_gain"] - bon_gain,
+            "beyond_best_of_n_curve": beyond}
+
+
+def frontier_figure(best_of_n: pd.DataFrame, runs: dict[str, tuple[pd.DataFrame, int]], oracle_name: str):
+    """Report set. Left: gold gain against KL, best-of-n's curve with a one-standard-error band and each
+    method's evaluated points joined in step order, its reported point ringed; a method below best-of-n
+    at equal KL spent its KL worse than reranking. Right: gold gain against proxy gain; a method below
+    best-of-n there gets less gold for the same reward-model score, i.e. it exploits the reward model."""
+    plt = figures.pyplot()
+    fig, (kl_ax, proxy_ax) = plt.subplots(1, 2, figsize=(11, 4.8))
+    for ax, x in ((kl_ax, "kl"), (proxy_ax, "proxy_gain")):
+        ax.plot(best_of_n[x], best_of_n["gold_gain"], "k.-", label="best-of-n (n = 1, 2, 4, ...)")
+        ax.fill_between(best_of_n[x], best_of_n["gold_gain"] - best_of_n["gold_gain_se"],
+                        best_of_n["gold_gain"] + best_of_n["gold_gain_se"], color="0.8")
+        for (method, (table, selected)), colour in zip(runs.items(), ("tab:red", "tab:blue", "tab:purple")):
+            points = table[table["set"] == "report"].sort_values("step")
+            ax.plot(points[x], points["gold_gain"], "o-", color=colour, ms=3, label=f"{method} (every evaluation)")
+            chosen = points[points["step"] == selected]
+            ax.plot(chosen[x], chosen["gold_gain"], "o", ms=11, mfc="none", mec=colour, mew=2,
+                    label=f"{method}: reported (chosen on the selection set)")
+        ax.axhline(0.0, color="0.5", lw=0.5)
+        ax.set_ylabel(f"gold gain ({oracle_name} oracle)")
+    kl_ax.set(xlabel="KL to the reference (nats per continuation)", title="gold against KL (report set)")
+    proxy_ax.set(xlabel="proxy gain (reward model, normalised)", title="gold against proxy: below best-of-n = hacking")
+    kl_ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def frontier_markdown(best_of_n: pd.DataFrame, tables: dict[str, tuple[pd.DataFrame, int]]) -> str:
+    """The report set's frontier as Markdown: best-of-n's rows, then each method's evaluated points."""
+    shown = best_of_n[["n", "kl", "gold_gain", "gold_gain_se", "proxy_gain"]]
+    parts = ["# Gold against KL on the report set\n", "## Best-of-n (reference samples, picked by the reward model)\n",
+             shown.to_markdown(index=False, floatfmt=".3f"), ""]
+    for method, (table, selected) in tables.items():
+        rows = table[table["set"] == "report"].sort_values("step")
+        rows = rows.assign(reported=["yes" if s == selected else "" for s in rows["step"]])
+        columns = ["step", "kl", "gold_gain", "gold_gain_se", "proxy_gain", "val_perplexity_relative", "reported"]
+        parts += [f"## {method} (the reported step was chosen on the selection set)\n",
+                  rows[columns].to_markdown(index=False, floatfmt=".3f"), ""]
+    return "\n".join(parts) + "\n"

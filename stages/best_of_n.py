@@ -1,0 +1,58 @@
+"""Stage best_of_n: the reranking baseline. `best_of_n.max_n` reference samples per held-out prompt (the
+selection and the report set), scored by the reward model (proxy) and the oracle (gold); the curve of
+gold against the analytic KL for n = 1, 2, 4, ..., max_n.
+In: models/pretrain/, models/reward/, data/preferences/prompts/.
+Out: data/best_of_n/scores.csv, plots/best_of_n/curve.csv, metrics/best_of_n.json."""
+import time
+
+import torch
+
+from tinygpt.core import io
+from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.model.weights import load_model
+from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.outputs.best_of_n import write_outputs
+from tinygpt.rlhf.best_of_n import best_of_n_curve
+from tinygpt.rlhf.heldout import held_out
+from tinygpt.rlhf.oracles import Oracle
+from tinygpt.rlhf.preferences import load_prompts
+from tinygpt.rlhf.reward_model import load_reward_model
+
+
+def main() -> None:
+    start = time.perf_counter()
+    p = params.load_sections("best_of_n", "heldout", "preferences", "tracking")
+    bon, settings, preferences_params = p.best_of_n, p.heldout, p.preferences
+    flat = params.flatten({"best_of_n": bon, "heldout": settings, "preferences": preferences_params})
+    with tracking.stage_run("best_of_n", flat, p.tracking.experiment) as run:
+        device = resolve_device(bon.device)
+        precision = resolve_precision(bon.precision, device)
+        reference = load_model(paths.PRETRAIN_DIR, device).eval()
+        reward_model = load_reward_model(paths.REWARD_DIR, device).requires_grad_(False)
+        oracle = Oracle(preferences_params.oracle, preferences_params.keyword)
+        samples, curves = {}, {}
+        for held_out_set in ("selection", "report"):
+            prompts = torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, held_out_set), device=device)
+            samples[held_out_set] = held_out(
+                reference, reference, reward_model, prompts, bon.max_n, preferences_params.continuation_tokens,
+                settings.temperature, settings.seed, oracle, precision, settings.batch_size,
+            )
+            shape = (len(prompts), bon.max_n)
+            curves[held_out_set] = best_of_n_curve(samples[held_out_set].reward.reshape(shape),
+                                                   samples[held_out_set].gold.reshape(shape), bon.max_n)
+        write_outputs(samples, curves)
+        metrics = {
+            **{name: curve.set_index("n").to_dict(orient="index") for name, curve in curves.items()},
+            "precision": precision, "wall_seconds": time.perf_counter() - start,
+        }
+        artifacts = [paths.BEST_OF_N_CURVE_CSV.parent]
+        io.write_json(paths.metrics_file("best_of_n"), run.finish(metrics, artifacts=artifacts))
+        report = curves["report"].set_index("n")
+        print(f"best_of_n: report-set gold gain {report.loc[4, 'gold_gain']:+.3f} at n=4 "
+              f"(KL {report.loc[4, 'kl']:.2f}), {report['gold_gain'].iloc[-1]:+.3f} at n={bon.max_n} "
+              f"(KL {report['kl'].iloc[-1]:.2f})")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,71 @@
+"""Stage dpo: Direct Preference Optimization of the pretrained model on the preference pairs, against a
+frozen copy of it; evaluated on both held-out sets like PPO (the reward model only scores the held-out
+continuations, DPO never sees it), the reported step chosen on the selection set.
+In: models/pretrain/, models/reward/, data/preferences/, data/split/val.bin.
+Out: models/dpo/, metrics/dpo.json, plots/dpo/, reports/dpo/samples.md."""
+import time
+
+import torch
+
+from tinygpt.core import io
+from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.data.tokens import read_tokens
+from tinygpt.model.weights import load_model, save_model
+from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.outputs.dpo import write_outputs
+from tinygpt.rlhf import dpo
+from tinygpt.rlhf.finetune import frozen_copy
+from tinygpt.rlhf.frontier import FrontierTracker
+from tinygpt.rlhf.heldout import EvalTask
+from tinygpt.rlhf.oracles import Oracle
+from tinygpt.rlhf.preferences import load_pairs, load_prompts
+from tinygpt.rlhf.reward_model import load_reward_model
+
+
+def main() -> None:
+    start = time.perf_counter()
+    p = params.load_sections("dpo", "heldout", "preferences", "tracking")
+    dpo_params, preferences_params = p.dpo, p.preferences
+    flat = params.flatten({"dpo": dpo_params, "heldout": p.heldout, "preferences": preferences_params})
+    with tracking.stage_run("dpo", flat, p.tracking.experiment) as run:
+        device = resolve_device(dpo_params.device)
+        precision = resolve_precision(dpo_params.precision, device)
+        policy = load_model(paths.PRETRAIN_DIR, device)
+        ref = frozen_copy(policy)
+        task = EvalTask(
+            reward_model=load_reward_model(paths.REWARD_DIR, device).requires_grad_(False),
+            prompts={name: torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, name), device=device)
+                     for name in ("selection", "report")},
+            val_tokens=read_tokens(paths.VAL_BIN), heldout_params=p.heldout,
+            max_new_tokens=preferences_params.continuation_tokens,
+            oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
+        )
+        tracker = FrontierTracker(ref, task, run.log_step)
+        pairs = load_pairs(paths.PREFERENCE_PAIRS)
+        train_start = time.perf_counter()
+        history = dpo.train_dpo(
+            policy, ref, pairs["train"], dpo_params, precision, on_step=run.log_step,
+            on_eval=lambda step, model: tracker.add(step, model) if step > 0 else None,  # step 0: the reference
+        )
+        train_seconds = time.perf_counter() - train_start - tracker.seconds
+        save_model(tracker.selected_model, paths.DPO_DIR)
+        written = write_outputs(history, tracker, task)
+        held_out_pairs = {}
+        for name in ("selection", "report"):
+            data = dpo.preference_tensors(pairs[name], device)
+            reference = dpo.all_logprobs(ref, data, 4 * dpo_params.batch_size, precision)
+            held_out_pairs[name] = dpo.evaluate_dpo(tracker.selected_model, data, reference, dpo_params.beta,
+                                                    4 * dpo_params.batch_size, precision)
+        metrics = {**tracker.metrics(), "pairs": held_out_pairs, "steps": len(history), "precision": precision,
+                   "train_seconds": train_seconds, "eval_seconds": tracker.seconds,
+                   "wall_seconds": time.perf_counter() - start}
+        io.write_json(paths.metrics_file("dpo"), run.finish(metrics, artifacts=written))
+        d = metrics["change"]
+        print(f"dpo: step {metrics['selected_step']} chosen on the selection set; report set: oracle "
+              f"'{preferences_params.oracle}' {d['oracle_mean']:+.3f} ± {d['oracle_se']:.3f}, KL {d['kl_mean']:.2f} "
+              f"nats, val perplexity {d['val_perplexity_relative']:+.1%}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,49 @@
+"""Stage frontier: best-of-n, PPO and DPO on one gold-versus-KL figure and table (report set), and each
+method's reported point against the best-of-n curve at the same KL.
+In: plots/best_of_n/curve.csv, plots/{rlhf,dpo}/frontier.csv, metrics/{rlhf,dpo}.json.
+Out: plots/frontier/, reports/frontier/table.md, metrics/frontier.json."""
+import time
+
+import pandas as pd
+
+from tinygpt.core import io
+from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.outputs.frontier import write_outputs
+from tinygpt.rlhf.frontier import against_best_of_n
+
+METHODS = {"PPO": ("rlhf", paths.RLHF_FRONTIER_CSV), "DPO": ("dpo", paths.DPO_FRONTIER_CSV)}
+
+
+def main() -> None:
+    start = time.perf_counter()
+    p = params.load_sections("preferences", "tracking")
+    with tracking.stage_run("frontier", {"preferences.oracle": p.preferences.oracle}, p.tracking.experiment) as run:
+        curve = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
+        best_of_n = curve[curve["set"] == "report"].reset_index(drop=True)
+        runs, metrics = {}, {}
+        for method, (stage, frontier_csv) in METHODS.items():
+            table = pd.read_csv(frontier_csv)
+            selected = io.read_json(paths.metrics_file(stage))["selected_step"]
+            runs[method] = (table, selected)
+            row = table[(table["set"] == "report") & (table["step"] == selected)].iloc[0].to_dict()
+            metrics[method.lower()] = {
+                "selected_step": selected, "kl": row["kl"], "gold_gain": row["gold_gain"],
+                "gold_gain_se": row["gold_gain_se"], "proxy_gain": row["proxy_gain"],
+                "val_perplexity_relative": row["val_perplexity_relative"], **against_best_of_n(row, best_of_n),
+            }
+        write_outputs(best_of_n, runs, p.preferences.oracle)
+        at = best_of_n.set_index("n")
+        metrics["best_of_n"] = {f"n{n}": {"kl": at.loc[n, "kl"], "gold_gain": at.loc[n, "gold_gain"],
+                                          "gold_gain_se": at.loc[n, "gold_gain_se"]} for n in at.index}
+        metrics["wall_seconds"] = time.perf_counter() - start
+        io.write_json(paths.metrics_file("frontier"), run.finish(metrics, artifacts=[paths.FRONTIER_PLOTS,
+                                                                                      paths.FRONTIER_REPORTS]))
+        for method in METHODS:
+            m = metrics[method.lower()]
+            print(f"frontier: {method} gold gain {m['gold_gain']:+.3f} at KL {m['kl']:.2f}; best-of-n there "
+                  f"{m['best_of_n_gold_gain_at_kl']:+.3f} ({m['gain_over_best_of_n']:+.3f})")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,35 @@
+"""The reported point is chosen on the selection set within the budgets, and best-of-n is compared at equal KL."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from tinygpt.rlhf.best_of_n import analytic_kl
+from tinygpt.rlhf.frontier import against_best_of_n, select_point
+
+
+def frontier_table():
+    rows = []
+    for step, kl, gain, ppl in ((0, 0.0, 0.0, 0.0), (10, 2.0, 0.2, 0.02), (20, 4.0, 0.5, 0.05),
+                                (30, 7.0, 0.9, 0.06), (40, 5.0, 0.6, 0.2)):
+        for held_out_set, shift in (("selection", 0.0), ("report", 0.3)):
+            rows.append({"step": step, "set": held_out_set, "kl": kl + shift, "gold_gain": gain - shift,
+                         "val_perplexity_relative": ppl})
+    return pd.DataFrame(rows)
+
+
+def test_selection_keeps_to_both_budgets_and_reads_only_the_selection_set():
+    table = frontier_table()
+    assert select_point(table, kl_budget=6.0, perplexity_budget=0.1) == 20  # 30: KL 7 > 6; 40: ppl +20%
+    assert select_point(table, kl_budget=8.0, perplexity_budget=0.1) == 30
+    assert select_point(table, kl_budget=1.0, perplexity_budget=0.1) == 0  # only the reference fits
+    blind = table.copy()
+    blind.loc[blind["set"] == "report", ["kl", "gold_gain", "val_perplexity_relative"]] = np.nan
+    assert select_point(blind, 6.0, 0.1) == 20
+
+
+def test_against_best_of_n_interpolates_at_the_policys_kl():
+    curve = pd.DataFrame({"n": [1, 2, 4], "kl": [analytic_kl(n) for n in (1, 2, 4)], "gold_gain": [0.0, 0.1, 0.3]})
+    at = against_best_of_n({"kl": analytic_kl(2), "gold_gain": 0.25}, curve)
+    assert at["best_of_n_gold_gain_at_kl"] == pytest.approx(0.1) and at["gain_over_best_of_n"] == pytest.approx(0.15)
+    beyond = against_best_of_n({"kl": 5.0, "gold_gain": 0.2}, curve)
+    assert beyond["beyond_best_of_n_curve"] and beyond["gain_over_best_of_n"] == pytest.approx(-0.1)
