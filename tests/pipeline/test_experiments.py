@@ -11,7 +11,7 @@ import time
 import pytest
 from support import dvc, set_params
 
-from tinygpt.pipeline import params
+from tinygpt.pipeline import params, report
 
 
 def store(project):
@@ -33,8 +33,7 @@ def read_json(project, path):
 
 
 def stage_run_ids(project):
-    stages = ("download", "tokenize", "split", "pretrain", "evaluate", "compare", "preferences", "reward", "rlhf")
-    return {s: read_json(project, f"metrics/{s}.json")["mlflow_run_id"] for s in stages}
+    return {s: read_json(project, f"metrics/{s}.json")["mlflow_run_id"] for s in report.STAGES}
 
 
 @pytest.mark.slow
