@@ -219,7 +219,7 @@ def test_the_compact_head_gives_the_full_heads_numbers():
     pairs = synthetic_pairs(12, seed=4)
     data = dpo.preference_tensors(pairs)
     loss, _ = dpo.dpo_loss(*dpo.pair_logprobs(policy, data, "fp32"), *dpo.all_logprobs(ref, data, 12, "fp32"), 0.1)
-    history = dpo.train_dpo(policy, ref, pairs, DpoParams(batch_size=12, max_pairs=0), "fp32")
+    history = dpo.train_dpo(policy, ref, pairs, DpoParams(beta=0.1, batch_size=12, max_pairs=0), "fp32")
     assert history[0]["loss"] == pytest.approx(loss.item(), rel=1e-5) and loss.item() != pytest.approx(math.log(2))
 
 
