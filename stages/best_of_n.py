@@ -26,6 +26,7 @@ def main() -> None:
     bon, settings, preferences_params = p.best_of_n, p.heldout, p.preferences
     flat = params.flatten({"best_of_n": bon, "heldout": settings, "preferences": preferences_params})
     with tracking.stage_run("best_of_n", flat, p.tracking.experiment) as run:
+        run.log_dataset(paths.PREFERENCE_PROMPTS, "evaluation")
         device = resolve_device(bon.device)
         precision = resolve_precision(bon.precision, device)
         reference = load_model(paths.PRETRAIN_DIR, device).eval()

@@ -9,7 +9,7 @@ from tinygpt.data.tokens import read_tokens
 from tinygpt.eval.compare import UNAVAILABLE, run_compare, summary_lines
 from tinygpt.model import weights
 from tinygpt.model.hf import PretrainedUnavailable
-from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.compare import write_compare
 
@@ -18,6 +18,7 @@ def main() -> None:
     p = params.load_sections("compare", "eval", "tracking")
     flat = params.flatten({"compare": p.compare, "eval": p.eval})
     with tracking.stage_run("compare", flat, p.tracking.experiment) as run:
+        run.log_dataset(paths.VAL_BIN, "evaluation")
         model = weights.load_model(paths.PRETRAIN_DIR)
         split = io.read_json(paths.SPLIT_META)
         result = run_compare(model, p.compare, p.eval, read_tokens(paths.VAL_BIN), split["val"]["bytes"],
@@ -32,6 +33,7 @@ def main() -> None:
         # Folders keep their layout in MLflow (both models write files of the same names).
         run.log_artifact(paths.COMPARE_REPORTS, "reports")
         run.log_artifact(paths.COMPARE_PLOTS, "plots")
+        registry.log_hf_model(paths.HF_DIR, registry.registered_name(p.tracking.experiment, "hf"))
         metrics = run.finish(result.metrics())
         io.write_json(paths.metrics_file("compare"), metrics)
         print("compare:\n  " + "\n  ".join(summary_lines(result)))

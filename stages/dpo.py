@@ -11,7 +11,7 @@ from tinygpt.core import io
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
 from tinygpt.model.weights import load_model, save_model
-from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.dpo import write_outputs
 from tinygpt.rlhf import dpo
@@ -28,7 +28,9 @@ def main() -> None:
     p = params.load_sections("dpo", "heldout", "preferences", "tracking")
     dpo_params, preferences_params = p.dpo, p.preferences
     flat = params.flatten({"dpo": dpo_params, "heldout": p.heldout, "preferences": preferences_params})
-    with tracking.stage_run("dpo", flat, p.tracking.experiment) as run:
+    with tracking.stage_run("dpo", flat, p.tracking.experiment, system_metrics=True) as run:
+        run.log_dataset(paths.PREFERENCE_PAIRS, "training")
+        run.log_dataset(paths.PREFERENCE_PROMPTS, "evaluation")
         device = resolve_device(dpo_params.device)
         precision = resolve_precision(dpo_params.precision, device)
         policy = load_model(paths.PRETRAIN_DIR, device)
@@ -60,6 +62,7 @@ def main() -> None:
         metrics = {**tracker.metrics(), "pairs": held_out_pairs, "steps": len(history), "precision": precision,
                    "train_seconds": train_seconds, "eval_seconds": tracker.seconds,
                    "wall_seconds": time.perf_counter() - start}
+        registry.log_stage_model("dpo", p.tracking.experiment, paths.DPO_DIR, metrics)
         io.write_json(paths.metrics_file("dpo"), run.finish(metrics, artifacts=written))
         d = metrics["change"]
         print(f"dpo: step {metrics['selected_step']} chosen on the selection set; report set: oracle "

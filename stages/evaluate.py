@@ -13,6 +13,8 @@ from tinygpt.pipeline.outputs.evaluate import write_evaluation
 def main() -> None:
     p = params.load_sections("eval", "tracking")
     with tracking.stage_run("evaluate", params.flatten({"eval": p.eval}), p.tracking.experiment) as run:
+        run.log_dataset(paths.TRAIN_BIN, "evaluation")
+        run.log_dataset(paths.VAL_BIN, "evaluation")
         model = weights.load_model(paths.PRETRAIN_DIR)
         run.log_params({f"model.{k}": v for k, v in model.config.to_dict().items()})
         split = io.read_json(paths.SPLIT_META)

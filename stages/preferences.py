@@ -22,6 +22,8 @@ def main() -> None:
     preferences_params = p.preferences
     flat = params.flatten({"preferences": preferences_params})
     with tracking.stage_run("preferences", flat, p.tracking.experiment) as run:
+        run.log_dataset(paths.TRAIN_BIN, "prompts")
+        run.log_dataset(paths.VAL_BIN, "prompts")
         device = resolve_device(preferences_params.device)
         precision = resolve_precision(preferences_params.precision, device)
         model = load_model(paths.PRETRAIN_DIR, device)

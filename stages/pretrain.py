@@ -6,7 +6,7 @@ import time
 from tinygpt.core import io
 from tinygpt.data.tokens import read_tokens
 from tinygpt.model import weights
-from tinygpt.pipeline import codedeps, params, paths, tracking
+from tinygpt.pipeline import codedeps, params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs import pretrain as pretrain_outputs
 from tinygpt.train.loop import train
@@ -16,7 +16,9 @@ def main() -> None:
     started = time.perf_counter()
     p = params.load_sections("model", "train", "tracking")
     flat = params.flatten({"model": p.model, "train": p.train})
-    with tracking.stage_run("pretrain", flat, p.tracking.experiment) as run:
+    with tracking.stage_run("pretrain", flat, p.tracking.experiment, system_metrics=True) as run:
+        run.log_dataset(paths.TRAIN_BIN, "training")
+        run.log_dataset(paths.VAL_BIN, "validation")
         result = train(p.model, p.train, paths.TRAIN_BIN, paths.VAL_BIN, paths.PRETRAIN_CACHE, on_step=run.log_step,
                        code_version=codedeps.code_digest("pretrain"))
         weights.save_model(result.model, paths.PRETRAIN_DIR)
@@ -26,10 +28,10 @@ def main() -> None:
                                                  result.metrics["precision"])
         written = pretrain_outputs.write_plots(result)
         written += pretrain_outputs.write_samples(pretrain_outputs.samples(result, p.train), p.train)
-        run.log_artifact(paths.PRETRAIN_DIR, "model")
         run.set_tags({"checkpoint_dir": result.checkpoint_dir, "resumed_from_step": result.resumed_from})
         metrics = {**result.metrics, "whole_val": whole_val, "resumed_from_step": result.resumed_from,
                    "wall_seconds": time.perf_counter() - started}
+        registry.log_stage_model("pretrain", p.tracking.experiment, paths.PRETRAIN_DIR, metrics)
         metrics = run.finish(metrics, artifacts=written)
         io.write_json(paths.metrics_file("pretrain"), metrics)
         final = result.metrics["final"]

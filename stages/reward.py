@@ -8,7 +8,7 @@ import torch
 from tinygpt.core import io
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.model.weights import load_model
-from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs import reward as reward_outputs
 from tinygpt.rlhf import reward_model as rm
@@ -19,7 +19,9 @@ def main() -> None:
     start = time.perf_counter()
     p = params.load_sections("reward", "tracking")
     reward_params = p.reward
-    with tracking.stage_run("reward", params.flatten({"reward": reward_params}), p.tracking.experiment) as run:
+    with tracking.stage_run("reward", params.flatten({"reward": reward_params}), p.tracking.experiment,
+                            system_metrics=True) as run:
+        run.log_dataset(paths.PREFERENCE_PAIRS, "training")
         device = resolve_device(reward_params.device)
         precision = resolve_precision(reward_params.precision, device)
         pairs = load_pairs(paths.PREFERENCE_PAIRS)
@@ -42,6 +44,7 @@ def main() -> None:
             "normalisation": {"offset": model.offset.item(), "scale": model.scale.item()},
             "steps": len(history), "precision": precision, "wall_seconds": time.perf_counter() - start,
         }
+        registry.log_stage_model("reward", p.tracking.experiment, paths.REWARD_DIR, metrics, scorer=True)
         io.write_json(paths.metrics_file("reward"), run.finish(metrics, artifacts=[paths.REWARD_PLOTS]))
         v = metrics["report"]
         print(f"reward: report-set pair accuracy {v['accuracy']:.3f}, "

@@ -12,7 +12,7 @@ from tinygpt.core import io
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
 from tinygpt.model.weights import load_model, save_model
-from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.rlhf import write_outputs
 from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
@@ -28,7 +28,9 @@ def main() -> None:
     p = params.load_sections("rlhf", "heldout", "preferences", "tracking")
     rlhf_params, preferences_params = p.rlhf, p.preferences
     flat = params.flatten({"rlhf": rlhf_params, "heldout": p.heldout, "preferences": preferences_params})
-    with tracking.stage_run("rlhf", flat, p.tracking.experiment) as run:
+    with tracking.stage_run("rlhf", flat, p.tracking.experiment, system_metrics=True) as run:
+        run.log_dataset(paths.PREFERENCE_PROMPTS, "training")
+        run.log_dataset(paths.TRAIN_BIN, "training")  # PPO-ptx's language-model batches
         device = resolve_device(rlhf_params.device)
         precision = resolve_precision(rlhf_params.precision, device)
         policy = PolicyWithValue(load_model(paths.PRETRAIN_DIR, device)).to(device)
@@ -54,6 +56,7 @@ def main() -> None:
         metrics = {**tracker.metrics(), "final_beta": history[-1]["beta"], "precision": precision,
                    "ppo_seconds": ppo_seconds, "eval_seconds": tracker.seconds,
                    "wall_seconds": time.perf_counter() - start}
+        registry.log_stage_model("rlhf", p.tracking.experiment, paths.RLHF_DIR, metrics)
         io.write_json(paths.metrics_file("rlhf"), run.finish(metrics, artifacts=written))
         d = metrics["change"]
         print(f"rlhf: step {metrics['selected_step']} chosen on the selection set; report set: oracle "

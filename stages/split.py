@@ -10,6 +10,7 @@ from tinygpt.pipeline.cli import run_stage
 def main() -> None:
     p = params.load_sections("split", "tracking")
     with tracking.stage_run("split", params.flatten({"split": p.split}), p.tracking.experiment) as run:
+        run.log_dataset(paths.TOKENS_BIN, "input")
         tokens = read_tokens(paths.TOKENS_BIN)
         byte_offsets, char_offsets = read_offsets(paths.TOKEN_OFFSETS)
         train, val, cut = split_tokens(tokens, byte_offsets, char_offsets, p.split.val_fraction)

@@ -11,6 +11,7 @@ from tinygpt.pipeline.cli import run_stage
 def main() -> None:
     p = params.load_sections("tokenize", "tracking")
     with tracking.stage_run("tokenize", params.flatten({"tokenize": p.tokenize}), p.tracking.experiment) as run:
+        run.log_dataset(paths.RAW_CORPUS, "input")
         text = read_corpus(paths.RAW_CORPUS)
         corpus = tokenize_text(text, tokenizer.get_encoding(p.tokenize.encoding))
         write_tokens(paths.TOKENS_BIN, corpus.tokens)

@@ -1,6 +1,7 @@
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tiktoken_ext.openai_public
 
@@ -60,3 +61,19 @@ def test_round_trip_unicode():
 def test_only_gpt2_offline():
     with pytest.raises(ValueError, match="tokenize.encoding"):
         tokenizer.get_encoding("cl100k_base")
+
+
+def test_decode_stream_holds_a_character_back_until_its_last_byte():
+    text = "🙂 日本語, naïve"
+    ids = tokenizer.encode(text)
+    assert "\ufffd" in tokenizer.decode(ids[:1])  # the emoji's bytes span several tokens
+    # 11 tokens for 7 pieces: a piece ends where a character's last byte arrives, never in between
+    assert list(tokenizer.decode_stream(ids)) == ["🙂", " ", "日", "本", "語", ",", " naïve"]
+
+
+def test_decode_stream_joins_to_tiktokens_decode_on_random_ids():
+    """Random ids include bytes that never complete a character: they become U+FFFD as in `decode`."""
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        ids = rng.integers(0, tokenizer.N_VOCAB, size=30).tolist()
+        assert "".join(tokenizer.decode_stream(ids)) == tokenizer.decode(ids)

@@ -1,10 +1,12 @@
+"""Cached decoding: the KV cache gives the full forward's logits, batched sampling (RLHF) and the streamed
+sampling of `tinygpt generate`, which draws exactly what `GPT.generate` draws."""
 import math
 
 import pytest
 import torch
 
 from tinygpt.model.config import GPTConfig
-from tinygpt.model.generate import generate_cached, sample_softmax
+from tinygpt.model.generate import generate_cached, sample_softmax, stream_tokens
 from tinygpt.model.gpt import GPT, KVCache
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -91,3 +93,42 @@ def test_generate_cached_stops_once_every_row_has_ended():
         model.lm_head.weight[eot] = 10.0
     out = generate_cached(model, torch.zeros(4, 3, dtype=torch.long), 10, 1.0, eot)
     assert out[:, 3:].tolist() == [[eot]] * 4
+
+
+def context_16_gpt() -> GPT:
+    torch.manual_seed(3)
+    return GPT(GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+
+
+@pytest.mark.parametrize("prompt_len", [5, 20])  # 20: a prompt longer than the context is cropped
+@pytest.mark.parametrize("decoding", [dict(temperature=0.0), dict(temperature=0.9, top_k=10, top_p=0.9),
+                                      dict(temperature=1.3)])
+def test_stream_tokens_gives_generates_ids_past_the_context(prompt_len, decoding):
+    model = context_16_gpt()
+    prompt = torch.randint(0, 64, (1, prompt_len), generator=torch.Generator().manual_seed(4))
+    reference = model.generate(prompt, 40, generator=torch.Generator().manual_seed(5), **decoding)
+    streamed = list(stream_tokens(model, prompt[0].tolist(), 40, generator=torch.Generator().manual_seed(5),
+                                  **decoding))
+    assert streamed == reference[0, prompt_len:].tolist()
+
+
+def test_stream_tokens_runs_one_token_per_step_until_the_context_is_full(monkeypatch):
+    model = context_16_gpt()
+    widths = []
+    hidden_states = model.hidden_states
+    monkeypatch.setattr(model, "hidden_states", lambda idx, cache=None: widths.append(idx.size(1)) or
+                        hidden_states(idx, cache))
+    assert len(list(stream_tokens(model, list(range(5)), 40, temperature=0.0))) == 40
+    # The prompt once, one new token per step up to 16 positions, then the sliding 16-token window.
+    assert widths == [5] + [1] * 11 + [16] * 28
+
+
+def test_stream_tokens_ends_at_end_of_text_as_generate_does():
+    model = context_16_gpt()
+    eot = 5
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # tied to wte: every next-token distribution is uniform over 64
+    reference = model.generate(torch.zeros(1, 2, dtype=torch.long), 200, eot_id=eot,
+                               generator=torch.Generator().manual_seed(0))[0, 2:].tolist()
+    streamed = list(stream_tokens(model, [0, 0], 200, eot_id=eot, generator=torch.Generator().manual_seed(0)))
+    assert streamed == reference and streamed[-1] == eot and streamed.count(eot) == 1 and len(streamed) < 200

@@ -55,7 +55,13 @@ def test_data_stages_end_to_end(repo_root, tmp_path, http_server):
         metrics = json.loads((project / f"metrics/{stage}.json").read_text())
         assert metrics["mlflow_run_id"] == run.info.run_id
         assert run.info.status == "FINISHED"
-        assert len(run.data.tags["git.commit"]) == 40
+        assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    # what each stage read, as MLflow dataset inputs; a file's digest is the md5 dvc.lock records for it
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    corpus_md5 = next(d["md5"] for d in lock["tokenize"]["deps"] if d["path"] == "data/raw/input.txt")
+    tokenize_inputs = {i.dataset.name: i.dataset.digest for i in runs["tokenize"].inputs.dataset_inputs}
+    assert tokenize_inputs == {"corpus": corpus_md5}
+    assert [i.dataset.name for i in runs["split"].inputs.dataset_inputs] == ["corpus tokens"]
 
     # Changing a key only the split reads reruns the split alone.
     set_params(project, split={"val_fraction": 0.2})

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from tinygpt.core import io
-from tinygpt.pipeline import paths, report
+from tinygpt.pipeline import paths, report, tracking
 
 PNG_1PX = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -85,3 +85,18 @@ def test_one_pipeline_run_per_state(workspace, mlflow_uri):
     assert run.data.params["train.learning_rate"] == "0.001"
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"summary.md", "dashboard.html", "params.yaml", "dvc.lock"} <= artifacts
+
+
+def test_the_pipeline_run_links_its_stage_runs(workspace, mlflow_uri):
+    from mlflow.tracking import MlflowClient
+
+    with tracking.stage_run("evaluate", {}, "exp") as stage:
+        pass
+    s = state()
+    s.stage_metrics["evaluate"]["mlflow_run_id"] = stage.run_id
+    published = report.publish(s, "exp-pipeline")
+    client = MlflowClient(mlflow_uri)
+    note = client.get_run(published["pipeline_run_id"]).data.tags["mlflow.note.content"]
+    experiment = client.get_experiment_by_name("exp").experiment_id
+    assert f"- [evaluate](#/experiments/{experiment}/runs/{stage.run_id})" in note
+    assert "- download: `run00` (not in this store)" in note

@@ -55,9 +55,12 @@ def test_stage_run_logs_params_metrics_tags(mlflow_uri, tmp_path, monkeypatch):
     assert logged.data.metrics["val.loss"] == 1.5
     assert [m.value for m in client.get_metric_history(logged.info.run_id, "loss")] == [3.0, 2.0, 1.0]
     assert logged.data.tags["stage"] == "demo"
-    assert {"git.commit", "git.dirty"} <= set(logged.data.tags)
+    tags = logged.data.tags
+    assert tags["mlflow.source.name"] == "stages/demo.py" and tags["mlflow.source.type"] == "LOCAL"
+    assert tags["mlflow.user"] and {"mlflow.source.git.commit", "mlflow.source.git.dirty"} <= set(tags)
     experiment = client.get_experiment(logged.info.experiment_id)
     assert experiment.name == "exp-test"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on the runs
     assert experiment.artifact_location == (Path(tmp_path).resolve() / "mlartifacts").as_uri()
 
 
@@ -70,3 +73,72 @@ def test_failed_stage_marks_run_failed(mlflow_uri, tmp_path, monkeypatch):
             run_id = run.run_id
             raise RuntimeError("stage failed")
     assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"
+
+
+def test_an_experiment_made_before_the_kind_tag_gets_it(mlflow_uri, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(mlflow_uri)
+    old = client.create_experiment("old-exp")
+    with tracking.stage_run("demo", {}, "old-exp"):
+        pass
+    assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_source_tags_name_the_commit_and_branch(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q", "-b", "work"], check=True)
+    (tmp_path / "f.txt").write_text("x")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "c"], check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    tags = tracking.source_tags("pretrain")
+    assert tags["mlflow.source.git.commit"] == head and tags["mlflow.source.git.branch"] == "work"
+    assert tags["mlflow.source.git.dirty"] == "false" and "mlflow.source.git.repoURL" not in tags
+    (tmp_path / "f.txt").write_text("changed")
+    assert tracking.source_tags("pretrain")["mlflow.source.git.dirty"] == "true"
+
+
+def test_datasets_are_logged_as_inputs_with_their_md5(mlflow_uri, tmp_path, monkeypatch):
+    import hashlib
+
+    from mlflow.tracking import MlflowClient
+
+    from tinygpt.pipeline import paths
+
+    monkeypatch.chdir(tmp_path)
+    paths.TRAIN_BIN.parent.mkdir(parents=True)
+    paths.TRAIN_BIN.write_bytes(b"\x01\x00\x02\x00")
+    (tmp_path / "pairs").mkdir()
+    (tmp_path / "pairs" / "a.arrow").write_bytes(b"abc")
+    with tracking.stage_run("demo", {}, "exp-test") as run:
+        run.log_dataset(paths.TRAIN_BIN, "training")
+        run.log_dataset(Path("pairs"), "evaluation")
+    inputs = MlflowClient(mlflow_uri).get_run(run.run_id).inputs.dataset_inputs
+    found = {i.dataset.name: (i.dataset.digest, {t.key: t.value for t in i.tags}) for i in inputs}
+    assert found["train split"] == (hashlib.md5(b"\x01\x00\x02\x00").hexdigest(),
+                                    {"mlflow.data.context": "training"})
+    assert found["pairs"][1] == {"mlflow.data.context": "evaluation"}
+    (tmp_path / "pairs" / "a.arrow").write_bytes(b"abd")
+    assert tracking.file_digest(Path("pairs")) != found["pairs"][0]
+
+
+def test_system_metrics_are_sampled_on_request(mlflow_uri, tmp_path, monkeypatch):
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    with tracking.stage_run("trained", {}, "exp-test", system_metrics=True) as run:
+        time.sleep(3.5)
+    with tracking.stage_run("quick", {}, "exp-test") as quiet:
+        time.sleep(1.5)
+    client = MlflowClient(mlflow_uri)
+    sampled = client.get_run(run.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in sampled and "system/system_memory_usage_megabytes" in sampled
+    assert not any(name.startswith("system/") for name in client.get_run(quiet.run_id).data.metrics)

@@ -275,9 +275,13 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     history = MlflowClient(mlflow_uri).get_metric_history(metrics["mlflow_run_id"], "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
     artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(metrics["mlflow_run_id"])}
-    assert {"samples.json", "steps.png", "eval.csv", "model"} <= artifacts
-    model_files = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(metrics["mlflow_run_id"], "model")}
-    assert model_files == {"model/model.safetensors", "model/config.json"}
+    assert {"samples.json", "steps.png", "eval.csv"} <= artifacts
+    # the weights are the run's logged MLflow model, registered as <experiment>-pretrain with alias current
+    version = MlflowClient(mlflow_uri).get_model_version_by_alias("test-pretrain-pretrain", "current")
+    assert version.run_id == metrics["mlflow_run_id"]
+    [logged] = [o.model_id for o in mlflow_run.outputs.model_outputs]
+    assert version.source == f"models:/{logged}"
+    assert {d.dataset.name for d in mlflow_run.inputs.dataset_inputs} == {"train split", "val split"}
 
     # DVC deletes the outputs before a rerun; the same configuration resumes from its final checkpoint.
     (tmp_path / "models/pretrain/model.safetensors").unlink()
@@ -325,6 +329,6 @@ def test_dvc_declares_the_library_paths_of_the_pretrain_stage(repo_root):
     stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["pretrain"]
     assert stage["outs"] == [str(paths.PRETRAIN_DIR), str(paths.PRETRAIN_REPORTS)]
     assert declared_paths(stage["metrics"]) == [str(paths.metrics_file("pretrain"))]
-    assert stage["plots"] == [str(p) for p in (paths.PRETRAIN_STEPS_CSV, paths.PRETRAIN_EVAL_CSV,
+    assert declared_paths(stage["plots"]) == [str(p) for p in (paths.PRETRAIN_STEPS_CSV, paths.PRETRAIN_EVAL_CSV,
                                                 paths.PRETRAIN_STEPS_PNG, paths.PRETRAIN_EVAL_PNG)]
     assert {str(paths.TRAIN_BIN), str(paths.VAL_BIN), "src/tinygpt/train/loop.py", "src/tinygpt/model/gpt.py"} <= set(stage["deps"])

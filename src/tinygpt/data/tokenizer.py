@@ -6,11 +6,13 @@ after checking them against the sha256 hashes that tiktoken pins for the origina
 """
 from __future__ import annotations
 
+import codecs
 import functools
 import hashlib
 import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -92,6 +94,22 @@ def encode(text: str) -> list[int]:
 
 def decode(ids: list[int]) -> str:
     return gpt2_encoding().decode(list(ids))
+
+
+def decode_stream(ids: Iterable[int]) -> Iterator[str]:
+    """The text of `ids` piece by piece as they arrive. A token is bytes, and a character may span
+    tokens: its first bytes are held back until it is complete, so no piece ends in a replacement
+    character that the next token would have completed. Bytes that can never form a character
+    decode as U+FFFD, as `decode` does."""
+    encoding = gpt2_encoding()
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for token in ids:
+        piece = text.decode(encoding.decode_single_token_bytes(token))
+        if piece:
+            yield piece
+    tail = text.decode(b"", final=True)
+    if tail:
+        yield tail
 
 
 def file_hashes() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Fast sampling for RLHF: decoding with the model's KV cache and one uniform draw per row.
+"""Fast sampling: batched decoding with the model's KV cache and one uniform draw per row (RLHF's
+rollouts), and one continuation streamed token by token (`tinygpt generate`).
 
 `GPT.generate` re-runs the whole prefix for every new token, which for RLHF's many short rollouts
 (8-token prompts, 24-token continuations) is ~15x the transformer work of decoding with a `KVCache`,
@@ -7,11 +8,11 @@ full forward pass.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from tinygpt.model.gpt import GPT, KVCache
+from tinygpt.model.gpt import GPT, KVCache, sample_next
 
 
 def sample_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -53,3 +54,34 @@ def generate_cached(
             break
         hidden = model.hidden_states(next_id[:, None], cache)
     return torch.cat(out, dim=1)
+
+
+@torch.no_grad()
+def stream_tokens(
+    model: GPT, prompt_ids: Sequence[int], max_new_tokens: int, temperature: float = 1.0,
+    top_k: int | None = None, top_p: float | None = None, generator: torch.Generator | None = None,
+    eot_id: int | None = None,
+) -> Iterator[int]:
+    """Yield the ids `GPT.generate` would append to one prompt (the same draws for the same generator),
+    each as soon as it is sampled; `eot_id` is yielded and ends the stream. Needs eval mode.
+
+    Within the context each new token runs through the model once on the KV cache. Past it the window
+    slides as `GPT.generate` crops, and every position embedding under the window shifts, so the cached
+    keys are stale: a fresh cache is prefilled with the last block_size - 1 tokens and the new one.
+    """
+    if len(prompt_ids) == 0:
+        raise ValueError("the prompt is empty; start from [end-of-text] for an unconditional sample")
+    context, device = model.config.block_size, model.transformer.wte.weight.device
+    window = [int(i) for i in prompt_ids][-context:]
+    cache, pending = KVCache(model.config.n_layer), window  # pending: ids not yet run through the model
+    for _ in range(max_new_tokens):
+        if cache.pos + len(pending) > context:
+            cache, pending = KVCache(model.config.n_layer), window
+        hidden = model.hidden_states(torch.tensor([pending], device=device), cache)
+        logits = model.lm_head(hidden[:, -1, :])
+        next_id = int(sample_next(logits.float(), temperature, top_k, top_p, generator))
+        yield next_id
+        if next_id == eot_id:
+            return
+        window = (window + [next_id])[-context:]
+        pending = [next_id]

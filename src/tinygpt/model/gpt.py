@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from tinygpt.model.config import GPTConfig
 
+TIED_HEAD = "lm_head.weight"  # the token embedding's tensor under a second name (weight tying)
+
 
 class KVCache:
     """Each layer's keys and values (batch, head, pos, head_dim) for the `pos` positions already run, so

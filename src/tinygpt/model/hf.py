@@ -26,11 +26,10 @@ from tinygpt.core import io
 from tinygpt.core.errors import TinyGptError
 from tinygpt.data.tokenizer import EOT_ID, N_VOCAB, bpe_files
 from tinygpt.model.config import GPTConfig
-from tinygpt.model.gpt import GPT
+from tinygpt.model.gpt import GPT, TIED_HEAD
 
 # Layers that are Conv1D in Hugging Face's GPT-2 (weight stored as (in, out)).
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-TIED_HEAD = "lm_head.weight"
 # Activations that are GELU with the tanh approximation, the one our MLP uses.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, and GPT-2's

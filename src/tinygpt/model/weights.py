@@ -5,40 +5,89 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tinygpt.core import io
-from tinygpt.model.config import GPTConfig
-from tinygpt.model.gpt import GPT
+from tinygpt.core.errors import TinyGptError
+from tinygpt.model.config import ConfigError, GPTConfig
+from tinygpt.model.gpt import GPT, TIED_HEAD
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+HEAD_FILE = "head.safetensors"  # a reward model's head beside its trunk (tinygpt.rlhf.reward_model)
+REBUILD = ("rerun the stage that writes the directory (`dvc repro pretrain` for models/pretrain, likewise rlhf, "
+           "dpo and reward; `dvc repro compare` for models/hf)")
+
+
+class ModelFileError(TinyGptError, ValueError):
+    """A model directory's file is unreadable or disagrees with the others; the message names it."""
 
 
 def save_model(model: GPT, out_dir: Path) -> None:
     """`out_dir`/model.safetensors and config.json. The tied LM head is stored once (as wte)."""
     out_dir = Path(out_dir)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED_HEAD}
     with io.atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     io.write_json(out_dir / CONFIG_FILE, model.config.to_dict())
 
 
-def load_config(model_dir: Path) -> GPTConfig:
+def read_config_json(model_dir: Path) -> dict:
+    """The parsed config.json of `model_dir` (ours or a Hugging Face one)."""
     path = Path(model_dir) / CONFIG_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; run `dvc repro pretrain` to produce the model")
-    return GPTConfig.from_dict(json.loads(path.read_text()))
+        raise FileNotFoundError(f"{path}: not found; a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}: "
+                                f"{REBUILD}")
+    try:
+        values = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ModelFileError(f"{path}: not valid JSON ({err}); {REBUILD}") from err
+    if not isinstance(values, dict):
+        raise ModelFileError(f"{path}: holds a {type(values).__name__}, not a JSON object; {REBUILD}")
+    return values
+
+
+def load_config(model_dir: Path) -> GPTConfig:
+    try:
+        return GPTConfig.from_dict(read_config_json(model_dir))
+    except ConfigError as err:
+        raise ModelFileError(f"{Path(model_dir) / CONFIG_FILE}: {err}; {REBUILD}") from err
+
+
+def corrupt_weights(path: Path, err: Exception) -> ModelFileError:
+    return ModelFileError(f"{path}: not a readable safetensors file ({err}); it is truncated or corrupt: {REBUILD}")
+
+
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a truncated or corrupt file is a ModelFileError naming it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: not found; {REBUILD}")
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise corrupt_weights(path, err) from err
+
+
+def check_state(state: dict[str, torch.Tensor], model: GPT, path: Path) -> None:
+    """ModelFileError unless `state` has exactly the model's tensors (the tied head aside), shape for shape."""
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != TIED_HEAD}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    reshaped = [f"{k} {tuple(state[k].shape)} (config.json: {tuple(expected[k])})"
+                for k in sorted(set(state) & set(expected)) if state[k].shape != expected[k]]
+    if missing or unexpected or reshaped:
+        found = {"missing": missing[:3], "unexpected": unexpected[:3], "shape": reshaped[:3]}
+        details = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in found.items() if names)
+        raise ModelFileError(f"{path}: weights do not match {CONFIG_FILE} ({details}); the two files come from "
+                             f"different models: {REBUILD}")
 
 
 def load_model(model_dir: Path, device: str | torch.device = "cpu") -> GPT:
     """A GPT with the weights in `model_dir`, in eval mode."""
     model = GPT(load_config(model_dir))
     path = Path(model_dir) / WEIGHTS_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; run `dvc repro pretrain` to produce the model")
-    state = load_file(str(path))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {"lm_head.weight"}:
-        raise ValueError(f"{path}: weights do not match config.json (missing {missing}, unexpected {unexpected})")
+    state = read_weights(path)
+    check_state(state, model, path)
+    model.load_state_dict(state, strict=False)  # lm_head.weight is wte's tensor already
     return model.to(device).eval()

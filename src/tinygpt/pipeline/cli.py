@@ -11,6 +11,9 @@ from tinygpt.core.allocator import keep_freed_memory
 from tinygpt.core.errors import TinyGptError
 from tinygpt.pipeline import params
 
+MODEL_HELP = ("a model directory (ours, e.g. models/pretrain, or a Hugging Face GPT-2 one, e.g. models/hf) "
+              "or an MLflow model URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN/PATH)")
+
 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); a fixable error prints as one line on stderr and exits with status 1."""
@@ -31,6 +34,53 @@ def cmd_params(args: argparse.Namespace) -> None:
     print(json.dumps({name: params.as_dict(s) for name, s in sections.items()}, indent=2))
 
 
+# The model commands import torch (and maybe transformers) inside: `tinygpt params` stays torch-free.
+def cmd_generate(args: argparse.Namespace) -> None:
+    from tinygpt.pipeline import streaming
+
+    decoding = streaming.Decoding(max_tokens=args.max_tokens, temperature=0.0 if args.greedy else args.temperature,
+                                  top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
+                                  stop_at_eot=args.stop_at_eot)
+    prompt = streaming.read_prompt(args.prompt, args.prompt_file, sys.stdin)
+    streaming.generate(args.model, prompt, decoding, args.device)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from tinygpt.pipeline import model_info
+
+    info = model_info.describe(args.model)
+    print(json.dumps(info, indent=2) if args.json else model_info.info_text(info))
+
+
+def add_generate(commands) -> None:
+    gen = commands.add_parser("generate", help="continue a prompt, streaming the text as it is sampled")
+    gen.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    gen.add_argument("prompt", metavar="PROMPT", nargs="?", help="the text to continue; '-' reads stdin; "
+                     "none (and no --prompt-file) samples a fresh document")
+    gen.add_argument("--prompt-file", help="read the prompt from this file")
+    gen.add_argument("--max-tokens", type=int, default=100, help="tokens to sample (default: %(default)s)")
+    gen.add_argument("--temperature", type=float, default=0.8,
+                     help="softmax temperature; 0 is greedy (default: %(default)s)")
+    gen.add_argument("--greedy", action="store_true", help="always the most likely token (temperature 0)")
+    gen.add_argument("--top-k", type=int, default=200,
+                     help="sample among the k most likely tokens; 0 is off (default: %(default)s)")
+    gen.add_argument("--top-p", type=float, help="nucleus sampling: the smallest set with this probability "
+                     "(default: off)")
+    gen.add_argument("--seed", type=int, default=1337, help="seed of the sampler (default: %(default)s)")
+    gen.add_argument("--stop-at-eot", action=argparse.BooleanOptionalAction, default=True,
+                     help="stop at the end-of-text token (default: on; --no-stop-at-eot prints it and goes on)")
+    gen.add_argument("--device", default="auto", help="auto picks CUDA, then MPS, then CPU; or cpu, cuda, mps "
+                     "(default: %(default)s)")
+    gen.set_defaults(handler=cmd_generate)
+
+
+def add_info(commands) -> None:
+    info = commands.add_parser("info", help="describe a model: format, architecture, parameters, size, metrics")
+    info.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    info.add_argument("--json", action="store_true", help="everything, the whole metrics file included, as JSON")
+    info.set_defaults(handler=cmd_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tinygpt", description="GPT-2 from raw text to RLHF.")
     parser.add_argument("--version", action="version", version=f"tinygpt {tinygpt.__version__}")
@@ -39,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--file", default=str(params.PARAMS_FILE), help="params file (default: params.yaml)")
     show.add_argument("--section", help="only this section (e.g. train)")
     show.set_defaults(handler=cmd_params)
+    add_generate(commands)
+    add_info(commands)
     return parser
 
 

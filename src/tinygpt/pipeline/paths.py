@@ -29,6 +29,12 @@ DPO_DIR = MODELS / "dpo"  # the DPO policy's GPT at the reported step
 BEST_OF_N_DIR = DATA / "best_of_n"
 BEST_OF_N_SCORES = BEST_OF_N_DIR / "scores.csv"  # every reference sample: set, prompt, sample, gold, proxy
 
+# The names the MLflow runs table's Dataset column gives the inputs a stage reads (see tracking.log_dataset).
+DATASET_NAMES = {
+    RAW_CORPUS: "corpus", TOKENS_BIN: "corpus tokens", TRAIN_BIN: "train split", VAL_BIN: "val split",
+    PREFERENCE_PAIRS: "preference pairs", PREFERENCE_PROMPTS: "preference prompts",
+}
+
 METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORTS = Path("reports")

@@ -124,6 +124,22 @@ def pipeline_tags(state: PipelineState) -> dict[str, str]:
     return tags
 
 
+def stage_links_note(mlflow_client, state: PipelineState) -> str:
+    """The pipeline run's description (its Overview page in the UI): a link to each stage's run.
+
+    The stage runs cannot be this run's children in MLflow's sense: a run has one parent, but DVC
+    restores an unchanged stage from its cache, so one stage run belongs to every pipeline state that
+    reused it; and a stage runs before the report knows the state it belongs to."""
+    lines = ["Stage runs of this pipeline state (one per stage; DVC reuses a cached stage's run):", ""]
+    for stage, run_id in state.stage_run_ids().items():
+        try:
+            experiment = tracking.with_retry(lambda: mlflow_client.get_run(run_id)).info.experiment_id
+            lines.append(f"- [{stage}](#/experiments/{experiment}/runs/{run_id})")
+        except Exception:  # a deleted run, or metrics copied from another store: name it without a link
+            lines.append(f"- {stage}: `{run_id}` (not in this store)")
+    return "\n".join(lines)
+
+
 def find_pipeline_run(mlflow_client, experiment_id: str, fingerprint: str) -> str | None:
     """The run already logged for this exact pipeline state, if any (so reruns add no duplicate)."""
     runs = tracking.with_retry(
@@ -242,7 +258,8 @@ def publish(state: PipelineState, experiment: str) -> dict[str, Any]:
     if existing:
         _, headlines = write_outputs(state, existing)
         return {"pipeline_run_id": existing, "new_run": False, "state": fingerprint, "headlines": headlines}
-    with tracking.stage_run("report", state.params, experiment, "pipeline", pipeline_tags(state)) as run:
+    tags = {**pipeline_tags(state), "mlflow.note.content": stage_links_note(mlflow_client, state)}
+    with tracking.stage_run("report", state.params, experiment, "pipeline", tags) as run:
         _, headlines = write_outputs(state, run.run_id)
         run.log_metrics({**all_stage_metrics(state.stage_metrics), **headlines})
         for artifact in (paths.SUMMARY_MD, paths.DASHBOARD_HTML, Path("dvc.lock"), Path("params.yaml")):

@@ -8,6 +8,8 @@ that `dvc exp run --temp` or `--queue` execute in a temporary copy still log to 
 from __future__ import annotations
 
 import contextlib
+import getpass
+import hashlib
 import os
 import random
 import subprocess
@@ -17,8 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from tinygpt.pipeline import paths
+
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+# The MLflow 3 UI opens an experiment on its GenAI overview unless it is marked as model training.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 STEP_FLUSH_EVERY = 200  # buffered step metrics per write; one SQLite transaction per step is slow
 T = TypeVar("T")
 
@@ -80,35 +86,60 @@ def store_creation_lock(uri: str):
 
 
 def experiment_id(mlflow_client, name: str) -> str:
-    """Get or create the experiment; two processes creating it at once is not an error."""
+    """Get or create the experiment, tagged as model training; two processes creating it at once is fine."""
     existing = with_retry(lambda: mlflow_client.get_experiment_by_name(name))
-    if existing is not None:
-        return existing.experiment_id
-    try:
-        return with_retry(lambda: mlflow_client.create_experiment(name, artifact_location=artifact_location()))
-    except Exception:
-        existing = with_retry(lambda: mlflow_client.get_experiment_by_name(name))
-        if existing is None:
-            raise
-        return existing.experiment_id
-
-
-def git_state() -> dict[str, str]:
-    """The commit the code came from and whether the work tree had uncommitted changes."""
-
-    def git(*args: str) -> str | None:
+    if existing is None:
         try:
-            out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
-            return out.stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
+            return with_retry(lambda: mlflow_client.create_experiment(
+                name, artifact_location=artifact_location(), tags=EXPERIMENT_TAGS))
+        except Exception:
+            existing = with_retry(lambda: mlflow_client.get_experiment_by_name(name))
+            if existing is None:
+                raise
+    for key, value in EXPERIMENT_TAGS.items():  # stores made before the tag existed get it too
+        if existing.tags.get(key) != value:
+            with_retry(lambda: mlflow_client.set_experiment_tag(existing.experiment_id, key, value))
+    return existing.experiment_id
 
-    commit = git("rev-parse", "HEAD")
+
+def git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def source_tags(stage: str) -> dict[str, str]:
+    """MLflow's own source and user tags, which fill the UI's Source and Created-by columns: the stage's
+    script, the commit, branch and remote it came from, and whether the work tree had uncommitted changes."""
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {
-        "git.commit": commit or "unknown",
-        "git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+    tags = {
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": f"stages/{stage}.py",
+        "mlflow.source.git.commit": git("rev-parse", "HEAD") or "unknown",
+        "mlflow.source.git.dirty": "unknown" if status is None else str(bool(status)).lower(),
+        "mlflow.user": getpass.getuser(),
     }
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    if branch and branch != "HEAD":  # "HEAD" means a detached checkout: no branch to name
+        tags["mlflow.source.git.branch"] = branch
+    remote = git("remote", "get-url", "origin")
+    if remote:
+        tags["mlflow.source.git.repoURL"] = remote
+    return tags
+
+
+def file_digest(path: Path) -> str:
+    """md5 of a file (the hash dvc.lock records for it) or over a directory's files and their names."""
+    path = Path(path)
+    if path.is_file():
+        return hashlib.md5(path.read_bytes()).hexdigest()
+    digest = hashlib.md5()
+    for item in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(item.relative_to(path).as_posix().encode())
+        digest.update(hashlib.md5(item.read_bytes()).digest())
+    return digest.hexdigest()
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -173,6 +204,18 @@ class StageRun:
         elif path.exists():
             self.mlflow_client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_dataset(self, path: str | Path, context: str) -> None:
+        """Record a file or directory this stage read as an MLflow dataset input (the runs table's Dataset
+        column), identified by its md5 digest; `context` says what for (training, validation, ...)."""
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.sources import LocalArtifactDatasetSource
+        from mlflow.entities import DatasetInput, InputTag
+
+        name = paths.DATASET_NAMES.get(Path(path), Path(path).name)
+        dataset = MetaDataset(LocalArtifactDatasetSource(Path(path).as_posix()), name=name, digest=file_digest(path))
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+        with_retry(lambda: self.mlflow_client.log_inputs(self.run_id, datasets=[entity]))
+
     def log_text(self, text: str, artifact_file: str) -> None:
         self.mlflow_client.log_text(self.run_id, text, artifact_file)
 
@@ -195,17 +238,26 @@ def stage_run(
     experiment: str,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[StageRun]:
-    """Open one MLflow run for a stage: params, tags (stage, git commit, dirty tree) and its status."""
+    """Open one MLflow run for a stage: params, tags (stage, source, user) and its status.
+
+    The run is also MLflow's active run, so fluent calls (logging a model) land in it; with
+    `system_metrics`, MLflow samples CPU and memory use into it every 10 s while the stage runs (the
+    interval is MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)."""
+    import mlflow
+
     mlflow_client = client()
     exp_id = experiment_id(mlflow_client, experiment)
-    all_tags = {"stage": stage, "mlflow.runName": run_name or stage, **git_state(), **(tags or {})}
+    all_tags = {"stage": stage, "mlflow.runName": run_name or stage, **source_tags(stage), **(tags or {})}
     if os.environ.get("DVC_EXP_NAME"):
         all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     mlflow_run = with_retry(
         lambda: mlflow_client.create_run(exp_id, tags=all_tags, run_name=run_name or stage)
     )
     run = StageRun(mlflow_client, mlflow_run.info.run_id, stage)
+    mlflow.set_tracking_uri(tracking_uri())
+    with_retry(lambda: mlflow.start_run(run_id=run.run_id, log_system_metrics=system_metrics))
     status = "FAILED"
     try:
         run.log_params(params)
@@ -213,4 +265,4 @@ def stage_run(
         run.flush()
         status = "FINISHED"
     finally:
-        with_retry(lambda: mlflow_client.set_terminated(run.run_id, status=status))
+        with_retry(lambda: mlflow.end_run(status))

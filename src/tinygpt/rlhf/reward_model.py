@@ -25,9 +25,7 @@ from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode, training_mode
 from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model.gpt import GPT
-from tinygpt.model.weights import load_model, save_model
-
-HEAD_FILE = "head.safetensors"
+from tinygpt.model.weights import HEAD_FILE, load_model, save_model
 
 
 def summary_token(vocab_size: int) -> int:

@@ -18,6 +18,7 @@ from tinygpt.train.loop import TrainResult
 
 STEP_COLUMNS = ["loss", "lr", "grad_norm", "tokens_per_s"]
 EVAL_COLUMNS = ["train_loss", "val_loss", "train_perplexity", "val_perplexity"]
+LOG_COLUMNS = ["train_perplexity", "val_perplexity"]  # exp(loss): from ~50,000 at step 0 to ~100
 
 
 def whole_split(model: torch.nn.Module, tokens: np.ndarray, n_bytes: int, device: torch.device, precision: str,
@@ -35,7 +36,8 @@ def write_plots(result: TrainResult, plots_dir: Path = paths.PRETRAIN_PLOTS) -> 
     steps_csv, steps_png = plots_dir / paths.PRETRAIN_STEPS_CSV.name, plots_dir / paths.PRETRAIN_STEPS_PNG.name
     eval_csv, eval_png = plots_dir / paths.PRETRAIN_EVAL_CSV.name, plots_dir / paths.PRETRAIN_EVAL_PNG.name
     write_curves(result.history, steps_csv, steps_png, STEP_COLUMNS, "pretrain: every step")
-    write_curves(result.evals, eval_csv, eval_png, EVAL_COLUMNS, "pretrain: fixed evaluation batches")
+    write_curves(result.evals, eval_csv, eval_png, EVAL_COLUMNS, "pretrain: fixed evaluation batches",
+                 log_y=LOG_COLUMNS)
     return [steps_csv, steps_png, eval_csv, eval_png]
 
 
