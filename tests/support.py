@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -71,8 +72,14 @@ def dvc(project: Path, *args: str, check: bool = True, own_code: bool = False) -
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]  # stages run this python
     if own_code:
         env["PYTHONPATH"] = str(project / "src")
-    out = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env,
-                         capture_output=True, text=True, timeout=600)
+    # Output goes through files, not pipes: `dvc queue start` exits at once, but the workers it leaves
+    # running inherit its stdout, and reading a pipe would wait for them (seen once in CI: 600 s).
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        returncode = subprocess.run([str(Path(sys.executable).parent / "dvc"), *args], cwd=project, env=env,
+                                    stdout=stdout, stderr=stderr, text=True, timeout=600).returncode
+        stdout.seek(0)
+        stderr.seek(0)
+        out = subprocess.CompletedProcess(args, returncode, stdout.read(), stderr.read())
     if check:
         assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out

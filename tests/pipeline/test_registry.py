@@ -127,7 +127,9 @@ def test_mlflow_models_serve_answers_a_generation_request(mlflow_uri, tmp_path, 
     server = subprocess.Popen(
         [str(mlflow_cli), "models", "serve", "-m", registry.model_uri("exp-pretrain"), "--env-manager", "local",
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # the server runs uvicorn from this environment's bin/, which `make test` does not put on PATH
+        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_uri,
+             "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         start_new_session=True,  # the server forks workers: stop the whole group at the end
     )
     try:
@@ -144,9 +146,18 @@ def test_mlflow_models_serve_answers_a_generation_request(mlflow_uri, tmp_path, 
                            {"inputs": ["ROMEO:"], "params": {"max_tokens": 6, "temperature": 0.0}})
         assert answer["predictions"] == [greedy_text(tiny_model(), "ROMEO:", 6)]
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        stop_group(server)
+
+
+def stop_group(server: subprocess.Popen) -> None:
+    """SIGTERM the server's process group, SIGKILL it after 30 s; a group already gone is fine."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, sig)
+        except ProcessLookupError:
+            pass
         try:
             server.wait(timeout=30)
+            return
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+            continue
