@@ -2,6 +2,7 @@
 import json
 import subprocess
 
+import pytest
 import yaml
 
 from tinygpt.pipeline import reproduce
@@ -49,13 +50,15 @@ def test_metrics_are_committed_and_not_cached_by_dvc(repo_root):
             assert path in tracked, f"{path} is not committed"
 
 
-def test_the_readme_quotes_its_measured_numbers_from_the_committed_metrics(repo_root):
-    """Every row of README's "Measured" table names a metrics file and key; the number shown must be
-    that value as committed (rounded to the digits shown)."""
+@pytest.mark.parametrize("document, heading", [("README.md", "## Measured"),
+                                               ("docs/experiments.md", "## The committed run")])
+def test_the_docs_quote_their_measured_numbers_from_the_committed_metrics(repo_root, document, heading):
+    """Every row of README's "Measured" table (and of the full table in docs/experiments.md) names a
+    metrics file and key; the number shown must be that value as committed (rounded to the digits shown)."""
     import re
 
-    readme = (repo_root / "README.md").read_text()
-    section = readme.split("## Measured", 1)[1].split("\n## ", 1)[0]
+    text = (repo_root / document).read_text()
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| [^|]+ \| \*{0,2}([-+]?[\d,]*\.?\d+)\*{0,2}[^|]* \| `(metrics/\w+\.json)`: `([\w.]+)` \|$",
                       section, flags=re.MULTILINE)
     assert len(rows) >= 8, f"the Measured table has {len(rows)} rows that name a file and key"
@@ -64,7 +67,7 @@ def test_the_readme_quotes_its_measured_numbers_from_the_committed_metrics(repo_
         assert isinstance(value, (int, float)), f"{path}: {key} is not a number"
         digits = len(shown.split(".")[1]) if "." in shown else 0
         assert f"{value:.{digits}f}" == f"{float(shown.replace(',', '')):.{digits}f}", \
-            f"README shows {shown} for {path}: {key}, the file has {value}"
+            f"{document} shows {shown} for {path}: {key}, the file has {value}"
 
 
 def test_ci_runs_the_readme_commands_the_whole_pipeline_and_its_checks(repo_root):
