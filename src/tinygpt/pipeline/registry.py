@@ -82,20 +82,13 @@ class TinyGptModel(mlflow.pyfunc.PythonModel):
         return self.score(model_input) if self.kind == "scorer" else self.generate(model_input, params or {})
 
     def generate(self, model_input, params: dict[str, Any]) -> list[str]:
-        import torch
-
-        from tinygpt.data.tokenizer import EOT_ID, decode, encode
-        from tinygpt.model.generate import stream_tokens
+        from tinygpt.pipeline.streaming import Decoding, continuation
 
         settings = {**GENERATION_DEFAULTS, **params}
-        generator = torch.Generator().manual_seed(int(settings["seed"]))
-        continuations = []
-        for prompt in texts_of(model_input, "prompt"):
-            ids = stream_tokens(self.model, encode(prompt) or [EOT_ID], int(settings["max_tokens"]),
-                                float(settings["temperature"]), int(settings["top_k"]) or None,
-                                float(settings["top_p"]), generator=generator, eot_id=EOT_ID)
-            continuations.append(decode([i for i in ids if i != EOT_ID]))
-        return continuations
+        decoding = Decoding(int(settings["max_tokens"]), float(settings["temperature"]),
+                            int(settings["top_k"]) or None, float(settings["top_p"]), int(settings["seed"]))
+        decoding.validate()
+        return ["".join(continuation(self.model, prompt, decoding)) for prompt in texts_of(model_input, "prompt")]
 
     def score(self, model_input) -> list[float]:
         import torch
