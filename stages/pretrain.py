@@ -1,7 +1,13 @@
 """Stage pretrain: train the GPT on the train split, resuming from the configuration's last checkpoint.
 In: data/split/train.bin, val.bin. Out: models/pretrain/, metrics/pretrain.json, plots/pretrain/,
-reports/pretrain/ (samples). Checkpoints: .cache/pretrain/<config hash>/."""
+reports/pretrain/ (samples). Checkpoints: .cache/pretrain/<config hash>/.
+
+With train.nproc_per_node > 1 the stage starts itself again under torchrun, as that many processes;
+started by torchrun (several machines), it runs as one of its processes. Rank 0 alone logs to MLflow
+and writes the outputs and checkpoints; the other processes only train."""
+import sys
 import time
+from types import SimpleNamespace
 
 from tinygpt.core import io
 from tinygpt.data.tokens import read_tokens
@@ -9,18 +15,33 @@ from tinygpt.model import weights
 from tinygpt.pipeline import codedeps, params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs import pretrain as pretrain_outputs
-from tinygpt.train.loop import train
+from tinygpt.train import distributed
+from tinygpt.train.loop import TrainResult, train
 
 
 def main() -> None:
     started = time.perf_counter()
     p = params.load_sections("model", "train", "tracking")
+    if distributed.needs_launch(p.train.nproc_per_node):
+        sys.exit(distributed.launch("stages.pretrain", p.train.nproc_per_node))
+    with distributed.process_group(p.train.device) as world:
+        if world.is_main:
+            train_and_write(p, world, started)
+        else:  # no MLflow run, no files: only its share of the training
+            run_training(p, world)
+
+
+def run_training(p: SimpleNamespace, world: distributed.World, on_step=None) -> TrainResult:
+    return train(p.model, p.train, paths.TRAIN_BIN, paths.VAL_BIN, paths.PRETRAIN_CACHE, on_step=on_step,
+                 code_version=codedeps.code_digest("pretrain"), world=world)
+
+
+def train_and_write(p: SimpleNamespace, world: distributed.World, started: float) -> None:
     flat = params.flatten({"model": p.model, "train": p.train})
     with tracking.stage_run("pretrain", flat, p.tracking.experiment, system_metrics=True) as run:
         run.log_dataset(paths.TRAIN_BIN, "training")
         run.log_dataset(paths.VAL_BIN, "validation")
-        result = train(p.model, p.train, paths.TRAIN_BIN, paths.VAL_BIN, paths.PRETRAIN_CACHE, on_step=run.log_step,
-                       code_version=codedeps.code_digest("pretrain"))
+        result = run_training(p, world, on_step=run.log_step)
         weights.save_model(result.model, paths.PRETRAIN_DIR)
         device = next(result.model.parameters()).device
         whole_val = pretrain_outputs.whole_split(result.model, read_tokens(paths.VAL_BIN),

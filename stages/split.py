@@ -1,7 +1,9 @@
-"""Stage split: contiguous train/val split by characters, cut at the nearest token boundary.
+"""Stage split: train/val by characters; one document is cut at the nearest token boundary, several are
+split by whole documents (drawn with split.seed).
 In: data/tokens/. Out: data/split/{train.bin, val.bin, split.json}, metrics/split.json."""
 from tinygpt.core import io
-from tinygpt.data.tokens import (read_offsets, read_tokens, split_tokens,
+from tinygpt.data.tokens import (read_document_index, read_offsets,
+                                 read_tokens, split_documents, split_tokens,
                                  write_tokens)
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
@@ -11,12 +13,21 @@ def main() -> None:
     p = params.load_sections("split", "tracking")
     with tracking.stage_run("split", params.flatten({"split": p.split}), p.tracking.experiment) as run:
         run.log_dataset(paths.TOKENS_BIN, "input")
-        tokens = read_tokens(paths.TOKENS_BIN)
+        meta = io.read_json(paths.TOKENS_META)
+        tokens = read_tokens(paths.TOKENS_BIN, meta["dtype"])
         byte_offsets, char_offsets = read_offsets(paths.TOKEN_OFFSETS)
-        train, val, cut = split_tokens(tokens, byte_offsets, char_offsets, p.split.val_fraction)
-        write_tokens(paths.TRAIN_BIN, train.tokens)
-        write_tokens(paths.VAL_BIN, val.tokens)
-        summary = {"train": train.summary(), "val": val.summary(), "cut_token": cut, "val_fraction": p.split.val_fraction}
+        documents = read_document_index(paths.TOKEN_DOCUMENTS, "tokenize")
+        if len(documents) > 2:
+            train, val, val_documents = split_documents(tokens, byte_offsets, char_offsets, documents,
+                                                        p.split.val_fraction, p.split.seed)
+            where = {"documents": len(documents) - 1, "val_documents": len(val_documents)}
+        else:
+            train, val, cut = split_tokens(tokens, byte_offsets, char_offsets, p.split.val_fraction)
+            where = {"cut_token": cut}
+        write_tokens(paths.TRAIN_BIN, train.tokens, meta["dtype"])
+        write_tokens(paths.VAL_BIN, val.tokens, meta["dtype"])
+        summary = {"train": train.summary(), "val": val.summary(), **where, "val_fraction": p.split.val_fraction,
+                   "dtype": meta["dtype"]}
         io.write_json(paths.SPLIT_META, summary)
         metrics = run.finish(summary, artifacts=[paths.SPLIT_META])
         io.write_json(paths.metrics_file("split"), metrics)

@@ -1,9 +1,12 @@
-"""Stage tokenize: GPT-2 BPE over the whole corpus.
-In: data/raw/input.txt. Out: data/tokens/{tokens.bin, offsets.npy, meta.json}, metrics/tokenize.json."""
+"""Stage tokenize: GPT-2 BPE over the whole corpus, in parallel and streamed to disk.
+In: data/raw/{input.txt, documents.npy}. Out: data/tokens/{tokens.bin, offsets.npy, documents.npy, meta.json},
+metrics/tokenize.json."""
+from dataclasses import asdict
+
 from tinygpt.core import io
 from tinygpt.data import tokenizer
-from tinygpt.data.tokens import (read_corpus, tokenize_text, write_offsets,
-                                 write_tokens)
+from tinygpt.data.corpus_tokens import TokenFiles, tokenize_corpus
+from tinygpt.data.tokens import read_document_index
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 
@@ -12,25 +15,17 @@ def main() -> None:
     p = params.load_sections("tokenize", "tracking")
     with tracking.stage_run("tokenize", params.flatten({"tokenize": p.tokenize}), p.tracking.experiment) as run:
         run.log_dataset(paths.RAW_CORPUS, "input")
-        text = read_corpus(paths.RAW_CORPUS)
-        corpus = tokenize_text(text, tokenizer.get_encoding(p.tokenize.encoding))
-        write_tokens(paths.TOKENS_BIN, corpus.tokens)
-        write_offsets(paths.TOKEN_OFFSETS, corpus.byte_offsets, corpus.char_offsets)
-        meta = {
-            "tokens": len(corpus.tokens),
-            "characters": corpus.n_chars,
-            "bytes": corpus.n_bytes,
-            "distinct_tokens": int(len(set(corpus.tokens.tolist()))),
-            "vocab_size": tokenizer.N_VOCAB,
-            "tokenizer": p.tokenize.encoding,
-            "tokenizer_files_sha256": tokenizer.file_hashes(),
-            "dtype": "uint16",
-        }
+        out = TokenFiles(paths.TOKENS_BIN, paths.TOKEN_OFFSETS, paths.TOKEN_DOCUMENTS)
+        summary = tokenize_corpus(paths.RAW_CORPUS, read_document_index(paths.RAW_DOCUMENTS, "download"),
+                                  tokenizer.get_encoding(p.tokenize.encoding), out, threads=p.tokenize.threads,
+                                  chunk_bytes=int(p.tokenize.chunk_mb * (1 << 20)))
+        meta = {**asdict(summary), "vocab_size": tokenizer.N_VOCAB, "tokenizer": p.tokenize.encoding,
+                "tokenizer_files_sha256": tokenizer.file_hashes()}
         io.write_json(paths.TOKENS_META, meta)
         metrics = run.finish(meta, artifacts=[paths.TOKENS_META])
         io.write_json(paths.metrics_file("tokenize"), metrics)
-        print(f"tokenize: {corpus.n_chars:,} characters -> {len(corpus.tokens):,} tokens")
-
+        print(f"tokenize: {summary.characters:,} characters in {summary.documents:,} document(s) -> "
+              f"{summary.tokens:,} tokens ({summary.dtype})")
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +102,34 @@ def crash_at(crash_step: int):
 def declared_paths(entries: list) -> list[str]:
     """The paths of a dvc.yaml outs/metrics/plots list, whose items are a path or {path: options}."""
     return [next(iter(e)) if isinstance(e, dict) else e for e in entries]
+
+
+@dataclass
+class Tokenized:
+    """A string (or several documents) run through the tokenize stage's code, read back into memory."""
+
+    tokens: np.ndarray
+    byte_offsets: np.ndarray
+    char_offsets: np.ndarray
+    documents: np.ndarray  # index of each document's first token, then the total
+    n_chars: int
+    n_bytes: int
+    files: object  # the TokenFiles it was written to
+
+
+def tokenize_text(text: str | list[str], **options) -> Tokenized:
+    """tokenize_corpus on a temp copy of `text` (a list: one document each)."""
+    from tinygpt.data import tokenizer
+    from tinygpt.data.corpus_tokens import TokenFiles, tokenize_corpus
+    from tinygpt.data.tokens import read_document_index, read_offsets, read_tokens
+
+    documents = [text] if isinstance(text, str) else text
+    encoded = [d.encode("utf-8") for d in documents]
+    folder = Path(tempfile.mkdtemp(prefix="tokenized-"))
+    (folder / "input.txt").write_bytes(b"".join(encoded))
+    starts = np.concatenate([[0], np.cumsum([len(e) for e in encoded])]).astype(np.int64)
+    files = TokenFiles(folder / "tokens.bin", folder / "offsets.npy", folder / "documents.npy")
+    summary = tokenize_corpus(folder / "input.txt", starts, tokenizer.gpt2_encoding(), files, progress=False, **options)
+    byte_offsets, char_offsets = read_offsets(files.offsets)
+    return Tokenized(np.array(read_tokens(files.tokens, summary.dtype)), byte_offsets, char_offsets,
+                     read_document_index(files.documents, "tokenize"), summary.characters, summary.bytes, files)

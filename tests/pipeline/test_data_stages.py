@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from support import copy_project, dvc, set_params
@@ -49,7 +50,7 @@ def test_data_stages_end_to_end(repo_root, tmp_path, http_server):
     assert runs["download"].data.params["data.url"] == url
     assert runs["download"].data.metrics["bytes"] == len(CORPUS)
     assert runs["tokenize"].data.metrics["tokens"] == meta["tokens"]
-    assert runs["split"].data.params == {"split.val_fraction": "0.1"}
+    assert runs["split"].data.params == {"split.val_fraction": "0.1", "split.seed": "1337"}
     assert runs["split"].data.metrics["val.tokens"] == split["val"]["tokens"]
     for stage, run in runs.items():
         metrics = json.loads((project / f"metrics/{stage}.json").read_text())
@@ -68,6 +69,37 @@ def test_data_stages_end_to_end(repo_root, tmp_path, http_server):
     rerun = dvc(project, "repro", "split")
     assert "Running stage 'split'" in rerun.stdout
     assert "Running stage 'download'" not in rerun.stdout and "Running stage 'tokenize'" not in rerun.stdout
+
+
+@pytest.mark.slow
+def test_a_folder_of_documents_end_to_end(repo_root, tmp_path):
+    """data.source files: one document per file, an end-of-text after each, whole documents to val; a
+    changed file in data/corpus reruns the data stages."""
+    project = copy_project(repo_root, tmp_path / "project")
+    books = project / "data/corpus/books"
+    books.mkdir()
+    texts = [f"Book {i}.\n" + f"Line {i} of a story that goes on.\n" * (5 + i) for i in range(10)]
+    for i, text in enumerate(texts):
+        (books / f"{i:02d}.txt").write_text(text)
+    set_params(project, data={"source": "files", "files": "data/corpus/books"}, split={"val_fraction": 0.2})
+
+    dvc(project, "repro", "split")
+
+    manifest = json.loads((project / "data/raw/manifest.json").read_text())
+    assert manifest["documents"] == 10 and len(manifest["files"]) == 10 and manifest["kind"] == "files"
+    meta = json.loads((project / "data/tokens/meta.json").read_text())
+    split = json.loads((project / "data/split/split.json").read_text())
+    assert meta["documents"] == 10 and meta["dtype"] == "uint16"
+    assert split["documents"] == 10 and 1 <= split["val_documents"] <= 3
+    assert split["train"]["tokens"] + split["val"]["tokens"] == meta["tokens"]
+    assert split["train"]["characters"] + split["val"]["characters"] == sum(map(len, texts))
+    val = np.fromfile(project / "data/split/val.bin", dtype=np.uint16)
+    assert (val == 50256).sum() == split["val_documents"] and val[-1] == 50256
+
+    (books / "03.txt").write_text("A rewritten book.\n" * 9)
+    rerun = dvc(project, "repro", "split")
+    assert "Running stage 'download'" in rerun.stdout and "Running stage 'split'" in rerun.stdout
+    assert json.loads((project / "data/raw/manifest.json").read_text())["files"][3]["bytes"] == 18 * 9
 
 
 @pytest.mark.slow

@@ -91,7 +91,7 @@ def test_missing_and_malformed_file(tmp_path):
 
 def test_flatten_uses_dotted_keys():
     flat = params.flatten({"split": params.SplitParams(val_fraction=0.2)})
-    assert flat == {"split.val_fraction": 0.2}
+    assert flat == {"split.val_fraction": 0.2, "split.seed": 1337}
 
 
 def sections_read_by(stage_script: Path) -> list[str]:
@@ -124,8 +124,10 @@ def test_dvc_declares_exactly_the_keys_each_stage_reads(repo_root):
 
 def test_dvc_outputs_of_data_stages_are_the_library_paths(repo_root):
     stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
-    assert stages["download"]["outs"] == [str(paths.RAW_CORPUS)]
-    assert stages["tokenize"]["outs"] == [str(paths.TOKENS_BIN), str(paths.TOKEN_OFFSETS), str(paths.TOKENS_META)]
+    assert stages["download"]["outs"] == [str(paths.RAW_CORPUS), str(paths.RAW_DOCUMENTS), str(paths.RAW_MANIFEST)]
+    assert stages["tokenize"]["outs"] == [str(paths.TOKENS_BIN), str(paths.TOKEN_OFFSETS), str(paths.TOKEN_DOCUMENTS),
+                                          str(paths.TOKENS_META)]
     assert stages["split"]["outs"] == [str(paths.TRAIN_BIN), str(paths.VAL_BIN), str(paths.SPLIT_META)]
     for name in ("download", "tokenize", "split"):
         assert declared_paths(stages[name]["metrics"]) == [str(paths.metrics_file(name))]
+    assert str(paths.CORPUS_FOLDER) in stages["download"]["deps"]  # local corpora: a changed file reruns download

@@ -3,6 +3,7 @@ an interrupted run resumes while the code is unchanged, and an edit to any modul
 starts training from scratch instead of resuming what older code wrote."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -24,6 +25,17 @@ def test_the_key_changes_with_the_code_version(tmp_path):
     config, p = GPTConfig(), TrainParams()
     assert run_key(key_material(config, p, [tokens], "code-a")) == run_key(key_material(config, p, [tokens], "code-a"))
     assert run_key(key_material(config, p, [tokens], "code-a")) != run_key(key_material(config, p, [tokens], "code-b"))
+
+
+def test_nproc_per_node_joins_the_key_only_above_one(tmp_path):
+    """Single-process keys are what they were before train.nproc_per_node existed; 2 processes get their own."""
+    tokens = tmp_path / "train.bin"
+    tokens.write_bytes(b"\0\1" * 8)
+    config, p = GPTConfig(), TrainParams()
+    assert "nproc_per_node" not in key_material(config, p, [tokens])["train"]
+    two = dataclasses.replace(p, nproc_per_node=2)
+    assert key_material(config, two, [tokens])["train"]["nproc_per_node"] == 2
+    assert run_key(key_material(config, two, [tokens])) != run_key(key_material(config, p, [tokens]))
 
 
 def pretrain_metrics(project) -> dict:

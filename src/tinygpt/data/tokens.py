@@ -1,4 +1,4 @@
-"""Token data: the tokenized corpus, its byte/character offsets, and the train/val split."""
+"""Token data: ids on disk, their byte/character offsets, and the train/val split (corpus_tokens.py writes them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,55 +8,14 @@ import numpy as np
 import tiktoken
 
 from tinygpt.core import io
-from tinygpt.core.errors import TinyGptError
 
-TOKEN_DTYPE = np.uint16  # GPT-2's 50257 ids fit; half the disk and memory of int32
+TOKEN_DTYPE = np.uint16  # the dtype of GPT-2's ids on disk (token_dtype); the meta files record it
 OFFSET_DTYPE = np.uint32  # byte offsets; corpora up to 4 GiB
 
 
-def read_corpus(path: Path) -> str:
-    """The raw corpus as text; it must be non-empty UTF-8."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; run `dvc repro download` first")
-    raw = path.read_bytes()
-    if not raw:
-        raise TinyGptError(f"{path}: empty; point data.url at the real corpus and rerun `dvc repro`")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise TinyGptError(f"{path}: not UTF-8 text (byte {err.start}); point data.url at a UTF-8 corpus") from err
-
-
-@dataclass
-class TokenizedCorpus:
-    tokens: np.ndarray  # (n_tokens,) uint16
-    byte_offsets: np.ndarray  # (n_tokens + 1,) start of each token in the UTF-8 bytes, then the total
-    char_offsets: np.ndarray  # (n_tokens + 1,) the same positions counted in characters
-    n_chars: int
-    n_bytes: int
-
-
-def tokenize_text(text: str, encoding: tiktoken.Encoding) -> TokenizedCorpus:
-    """Encode a whole corpus and record where every token starts, in bytes and in characters."""
-    if not text:
-        raise ValueError("the corpus is empty; nothing to tokenize")
-    raw = text.encode("utf-8")
-    # The corpus is data, not a chat template: '<|endoftext|>' inside it stays ordinary text.
-    ids = np.asarray(encoding.encode_ordinary(text), dtype=np.int64)
-    if ids.max() >= np.iinfo(TOKEN_DTYPE).max:
-        raise ValueError(f"token id {ids.max()} does not fit in {TOKEN_DTYPE.__name__}")
-    lengths = token_byte_lengths(encoding)[ids]
-    byte_offsets = np.concatenate([[0], np.cumsum(lengths)])
-    if byte_offsets[-1] != len(raw):
-        raise AssertionError(f"token bytes add up to {byte_offsets[-1]}, the text has {len(raw)}")
-    return TokenizedCorpus(
-        tokens=ids.astype(TOKEN_DTYPE),
-        byte_offsets=byte_offsets.astype(np.int64),
-        char_offsets=chars_before_bytes(raw)[byte_offsets],
-        n_chars=len(text),
-        n_bytes=len(raw),
-    )
+def token_dtype(n_vocab: int) -> type:
+    """uint16 while every id fits (GPT-2's 50257 do: half the disk and memory of uint32), else uint32."""
+    return np.uint16 if n_vocab <= 1 << 16 else np.uint32
 
 
 def token_byte_lengths(encoding: tiktoken.Encoding) -> np.ndarray:
@@ -105,24 +64,46 @@ def split_tokens(
     return train, val, cut
 
 
-def write_tokens(path: Path, tokens: np.ndarray) -> None:
-    io.write_array(path, np.asarray(tokens, dtype=TOKEN_DTYPE))
+def split_documents(
+    tokens: np.ndarray, byte_offsets: np.ndarray, char_offsets: np.ndarray, document_starts: np.ndarray,
+    val_fraction: float, seed: int,
+) -> tuple[SplitPart, SplitPart, list[int]]:
+    """Whole documents to val, drawn in a seeded random order until they hold val_fraction of the
+    characters (at least one document, never all); the rest to train. Each part keeps corpus order.
+    `document_starts` is the index of each document's first token, then len(tokens).
+    Returns (train, val, indices of the val documents)."""
+    n_docs = len(document_starts) - 1
+    if n_docs < 2:
+        raise ValueError("split_documents needs at least 2 documents")
+    chars = np.diff(char_offsets[document_starts])
+    order = np.random.default_rng(seed).permutation(n_docs)
+    taken = int(np.searchsorted(np.cumsum(chars[order]), val_fraction * chars.sum())) + 1
+    is_val = np.zeros(n_docs, dtype=bool)
+    is_val[order[:min(taken, n_docs - 1)]] = True
+    return (part_of(tokens, byte_offsets, char_offsets, document_starts, ~is_val),
+            part_of(tokens, byte_offsets, char_offsets, document_starts, is_val), np.flatnonzero(is_val).tolist())
 
 
-def read_tokens(path: Path) -> np.ndarray:
-    """Memory-map a uint16 token file (no copy: the OS pages it in as needed)."""
+def part_of(tokens: np.ndarray, byte_offsets: np.ndarray, char_offsets: np.ndarray, document_starts: np.ndarray,
+            chosen: np.ndarray) -> SplitPart:
+    """The tokens of the chosen documents, in corpus order, with their character and byte counts."""
+    starts, ends = document_starts[:-1][chosen], document_starts[1:][chosen]
+    return SplitPart(np.concatenate([np.asarray(tokens[a:b]) for a, b in zip(starts, ends)]),
+                     int((char_offsets[ends] - char_offsets[starts]).sum()),
+                     int((byte_offsets[ends] - byte_offsets[starts]).sum()))
+
+
+def write_tokens(path: Path, tokens: np.ndarray, dtype: str | type = TOKEN_DTYPE) -> None:
+    """Ids as `dtype` (tokens.bin's, see token_dtype)."""
+    io.write_array(path, np.asarray(tokens, dtype=dtype))
+
+
+def read_tokens(path: Path, dtype: str | type = TOKEN_DTYPE) -> np.ndarray:
+    """Memory-map a token file (no copy: the OS pages it in as needed)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; run `dvc repro` to produce it")
-    return np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
-
-
-def write_offsets(path: Path, byte_offsets: np.ndarray, char_offsets: np.ndarray) -> None:
-    """Token boundaries as an (n_tokens + 1, 2) array of [byte offset, character offset]."""
-    table = np.stack([byte_offsets, char_offsets], axis=1).astype(OFFSET_DTYPE)
-    with io.atomic_path(path) as tmp:
-        with tmp.open("wb") as f:
-            np.save(f, table)
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 def read_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -130,5 +111,14 @@ def read_offsets(path: Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; run `dvc repro tokenize` to produce it")
-    table = np.load(path).astype(np.int64)
-    return table[:, 0], table[:, 1]
+    table = np.load(path, mmap_mode="r")
+    return table[:, 0].astype(np.int64), table[:, 1].astype(np.int64)
+
+
+def read_document_index(path: Path, stage: str) -> np.ndarray:
+    """Where each document starts, then the end: bytes of data/raw/documents.npy (stage download) or token
+    indices of data/tokens/documents.npy (stage tokenize)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; run `dvc repro {stage}` to produce it")
+    return np.load(path).astype(np.int64)

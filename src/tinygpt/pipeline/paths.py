@@ -2,13 +2,19 @@
 (a test checks that the two agree), and no stage writes another stage's paths by hand."""
 from pathlib import Path
 
+from tinygpt.data import config as data_config
+
 DATA = Path("data")
 PARAMS_CHECKED = DATA / "params" / "checked.txt"  # same text whenever params.yaml is valid (check_params)
-RAW_CORPUS = DATA / "raw" / "input.txt"
+RAW_CORPUS = DATA / "raw" / "input.txt"  # the documents' text, one after another
+RAW_DOCUMENTS = DATA / "raw" / "documents.npy"  # byte offset where each document starts, then the total
+RAW_MANIFEST = DATA / "raw" / "manifest.json"  # what the download stage read: files, dataset fingerprint, bytes
+CORPUS_FOLDER = Path(data_config.CORPUS_FOLDER)  # local corpora (data.files, a local data.hf_path); a dep of download
 
 TOKENS_DIR = DATA / "tokens"
-TOKENS_BIN = TOKENS_DIR / "tokens.bin"  # uint16 ids of the whole corpus
+TOKENS_BIN = TOKENS_DIR / "tokens.bin"  # ids of the whole corpus, uint16 (meta.json says)
 TOKEN_OFFSETS = TOKENS_DIR / "offsets.npy"  # [byte, char] offset of every token boundary
+TOKEN_DOCUMENTS = TOKENS_DIR / "documents.npy"  # index of each document's first token, then the total
 TOKENS_META = TOKENS_DIR / "meta.json"
 
 SPLIT_DIR = DATA / "split"

@@ -23,7 +23,8 @@ from tinygpt.pipeline import paths
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
-# The MLflow 3 UI opens an experiment on its GenAI overview unless it is marked as model training.
+# MLflow 3 classifies an experiment as model training by this tag. (3.17.2's UI still opens in its GenAI mode
+# until the user flips its "Model training" switch or the link carries ?workflowType=machine_learning: README.)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 STEP_FLUSH_EVERY = 200  # buffered step metrics per write; one SQLite transaction per step is slow
 T = TypeVar("T")

@@ -4,6 +4,7 @@ DVC deletes a stage's outputs before it reruns the stage, so checkpoints kept un
 gone exactly when they are needed. They live in `.cache/pretrain/<key>/` instead, where the key hashes
 everything that decides the weights (model and training params, the token files, the torch version and
 the stage's code); a rerun with the same key resumes, any change starts afresh in another directory.
+A checkpoint also records how many processes wrote it, and resumes only with as many.
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ def file_digest(path: Path) -> str:
 def key_material(config: GPTConfig, train_params: TrainParams, data_files: list[Path],
                  code_version: str = "") -> dict[str, Any]:
     train = {k: v for k, v in dataclasses.asdict(train_params).items() if k not in REPORT_ONLY_KEYS}
+    if train["nproc_per_node"] == 1:  # only above 1: single-process runs keep the keys they have without it
+        del train["nproc_per_node"]
     return {
         "model": config.to_dict(),
         "train": train,
@@ -72,8 +75,9 @@ class CheckpointDir:
         with io.atomic_path(self.file) as tmp:
             torch.save({"key": self.key, **state}, tmp)
 
-    def load(self) -> dict[str, Any] | None:
-        """The saved state, or None when this configuration has no checkpoint yet."""
+    def load(self, world_size: int = 1) -> dict[str, Any] | None:
+        """The saved state, or None when this configuration has no checkpoint yet. `world_size` is the
+        number of training processes of this run, which must be that of the run that saved it."""
         if not self.file.exists():
             return None
         try:
@@ -85,4 +89,12 @@ class CheckpointDir:
             ) from err
         if state.get("key") != self.key:
             raise TinyGptError(f"{self.file}: belongs to another configuration; delete {self.path}")
+        saved_by = state.get("world_size", 1)
+        if saved_by != world_size:
+            # Each process draws its own dropout masks, and the float sums of the gradient average
+            # depend on how many there are: resumed otherwise, the run would not end where it would have.
+            raise TinyGptError(
+                f"{self.file}: was written by a run of {saved_by} training process(es), and this run has "
+                f"{world_size}; rerun with the same train.nproc_per_node (and number of nodes) as that run, "
+                f"or delete {self.path} to train from scratch")
         return state

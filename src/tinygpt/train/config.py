@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinygpt.core.checks import (DEVICES, PRECISIONS, fraction, non_negative,
+from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative,
                                  one_of, positive, require)
 
 
@@ -39,6 +39,7 @@ class TrainParams:
     precision: str = "auto"
     compile: bool = True
     threads: int = 0
+    nproc_per_node: int = 1
     sample_prompts: list[str] = field(default_factory=lambda: ["ROMEO:", "To be or not to"])
     sample_tokens: int = 64
     sample_temperature: float = 0.8
@@ -46,8 +47,11 @@ class TrainParams:
 
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "grad_accum_steps", "learning_rate", "eval_interval",
-                    "eval_batches", "checkpoint_interval", "log_interval"):
+                    "eval_batches", "checkpoint_interval", "log_interval", "nproc_per_node"):
             positive(f"train.{key}", getattr(self, key))
+        require(self.batch_size % self.nproc_per_node == 0, "train.batch_size",
+                f"a multiple of train.nproc_per_node = {self.nproc_per_node} (each process takes an equal share)",
+                self.batch_size)
         require(0 <= self.min_lr <= self.learning_rate, "train.min_lr",
                 f"a number in [0, train.learning_rate = {self.learning_rate}]", self.min_lr)
         require(0 <= self.warmup_steps <= self.max_steps, "train.warmup_steps",

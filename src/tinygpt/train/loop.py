@@ -5,7 +5,10 @@ the chosen autocast (forward) and backward with its loss scaled by 1/grad_accum_
 the global gradient norm is measured and clipped (clip), the optimizer (AdamW, or Muon + AdamW) and the
 schedule advance (step), and the step's numbers are recorded (log). Every `eval_interval` steps the loss is estimated on fixed batches
 (evaluate); every `checkpoint_interval` steps the whole training state is saved (checkpoint), and a
-rerun of the same configuration resumes from it and ends with the same weights, bit for bit.
+rerun of the same configuration resumes from it and ends with the same weights, bit for bit. Under
+torchrun, each process trains on its share of every batch and DistributedDataParallel averages the
+gradients (`tinygpt.train.distributed`); every process evaluates the same fixed batches, rank 0 alone
+reads and writes the checkpoint.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ from tinygpt.model.gpt import GPT
 from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary
 from tinygpt.train.checkpoint import CheckpointDir, key_material
 from tinygpt.train.config import TrainParams
+from tinygpt.train.distributed import SINGLE, World, cpu_share, syncing, wrap
 from tinygpt.train.optim import (MuonWithAdamW, SteppedAsOne, build_optimizer,
                                  build_schedule)
 
@@ -57,10 +61,13 @@ class TrainState:
     history: list[dict] = field(default_factory=list)  # one row per step
     evals: list[dict] = field(default_factory=list)  # one row per evaluation on the fixed batches
 
-    def to_checkpoint(self, device: torch.device) -> dict:
+    def to_checkpoint(self, device: torch.device, world: World = SINGLE) -> dict:
+        """Every process calls this (it gathers their RNG states); rank 0 saves the result."""
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
+        if world.world_size > 1:  # each process draws its own dropout masks
+            rng = {"ranks": world.gather(rng)}
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -71,16 +78,18 @@ class TrainState:
             "train_time_s": self.train_time_s,
             "history": self.history,
             "evals": self.evals,
+            "world_size": world.world_size,
         }
 
-    def restore(self, saved: dict, device: torch.device) -> None:
+    def restore(self, saved: dict, device: torch.device, world: World = SINGLE) -> None:
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         self.sampler.load_state_dict(saved["sampler"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        if "cuda" in saved["rng"]:
-            torch.cuda.set_rng_state(saved["rng"]["cuda"], device)
+        rng = saved["rng"]["ranks"][world.rank] if "ranks" in saved["rng"] else saved["rng"]
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng:
+            torch.cuda.set_rng_state(rng["cuda"], device)
         self.step = saved["step"]
         self.train_time_s = saved["train_time_s"]
         self.history = list(saved["history"])
@@ -136,17 +145,21 @@ def check_finite(value: float, what: str, step: int, checkpoints: CheckpointDir,
 
 
 def pretrain_step(state: TrainState, runner: torch.nn.Module, train_params: TrainParams, device: torch.device,
-                  precision: str, checkpoints: CheckpointDir, last_saved: int) -> dict:
+                  precision: str, checkpoints: CheckpointDir, last_saved: int, world: World = SINGLE,
+                  ddp: torch.nn.Module | None = None) -> dict:
     """One optimizer step over grad_accum_steps micro-batches; returns the step's log row. `runner` is
-    the model itself or its torch.compile wrapper (which shares the parameters)."""
+    the model itself, its DistributedDataParallel wrapper `ddp`, or the torch.compile wrapper of either
+    (all share the parameters). With several processes, each draws the whole batch and trains on its
+    share, so the sampler's draws are those of one process; the logged loss is the mean over processes."""
     started = time.perf_counter()
     lr = state.optimizer.param_groups[0]["lr"]
     total = 0.0
-    for _ in range(train_params.grad_accum_steps):
+    for micro in range(train_params.grad_accum_steps):
         x, y = state.sampler.next_batch()
-        loss = forward(runner, x, y, device, precision)
-        check_finite(loss.item(), "the training loss", state.step + 1, checkpoints, last_saved)
-        backward(loss, train_params.grad_accum_steps)
+        with syncing(ddp, last_micro_batch=micro == train_params.grad_accum_steps - 1):
+            loss = forward(runner, world.share(x), world.share(y), device, precision)
+            check_finite(loss.item(), "the training loss", state.step + 1, checkpoints, last_saved)
+            backward(loss, train_params.grad_accum_steps)
         total += loss.item()
     grad_norm = clip(state.model, train_params.grad_clip)
     check_finite(grad_norm, "the gradient norm", state.step + 1, checkpoints, last_saved)
@@ -156,7 +169,7 @@ def pretrain_step(state: TrainState, runner: torch.nn.Module, train_params: Trai
     tokens = train_params.grad_accum_steps * train_params.batch_size * state.model.config.block_size
     return {
         "step": state.step,  # steps done, so the first row is step 1
-        "loss": total / train_params.grad_accum_steps,
+        "loss": world.mean(total, device) / train_params.grad_accum_steps,
         "lr": lr,
         "grad_norm": grad_norm,
         "tokens_seen": state.step * tokens,
@@ -199,11 +212,14 @@ def full_model(model: GPT | ShortlistGPT) -> GPT:
 
 
 def init_state(config: GPTConfig, train_params: TrainParams, train_tokens: np.ndarray, device: torch.device,
-               precision: str) -> TrainState:
+               precision: str, world: World = SINGLE) -> TrainState:
+    """The sampler of every process draws the whole batch (train_params.batch_size) from the same seed."""
     torch.manual_seed(train_params.seed)  # initial weights, then dropout
     model = build_model(config, train_params, train_tokens).to(device)
     model.train()
     optimizer = build_optimizer(model, train_params, device, precision)
+    if world.world_size > 1:
+        torch.manual_seed(world.dropout_seed(train_params.seed))
     return TrainState(
         model=model,
         optimizer=optimizer,
@@ -236,37 +252,46 @@ class Session:
     checkpoints: CheckpointDir
     on_step: StepCallback | None
     last_saved: int = 0  # step of the newest checkpoint on disk
+    world: World = SINGLE
+    ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper, with several processes
 
 
 def start(config: GPTConfig, train_params: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
-          on_step: StepCallback | None, code_version: str) -> tuple[TrainState, Session]:
-    """A fresh state, or the checkpointed one of this configuration, and the session around it."""
+          on_step: StepCallback | None, code_version: str, world: World = SINGLE) -> tuple[TrainState, Session]:
+    """A fresh state, or the checkpointed one of this configuration (read by rank 0, sent to every
+    process), and the session around it."""
     config.validate()
     train_params.validate()
-    if train_params.threads:
-        torch.set_num_threads(train_params.threads)
-    device = resolve_device(train_params.device)
+    world.check_batch(train_params.batch_size)
+    # threads 0 means one per core: with several processes on a machine, its cores are shared out.
+    threads = train_params.threads or (cpu_share(world.local_world_size) if world.world_size > 1 else 0)
+    if threads:
+        torch.set_num_threads(threads)
+    device = world.own_device(resolve_device(train_params.device))
     precision = resolve_precision(train_params.precision, device)
     train_tokens, val_tokens = read_tokens(train_path), read_tokens(val_path)
-    state = init_state(config, train_params, train_tokens, device, precision)
+    state = init_state(config, train_params, train_tokens, device, precision, world)
     checkpoints = CheckpointDir(checkpoint_root,
                                 key_material(config, train_params, [train_path, val_path], code_version))
-    saved = checkpoints.load()
+    saved = world.from_main(lambda: checkpoints.load(world.world_size))
     if saved is not None:
-        state.restore(saved, device)
+        state.restore(saved, device, world)
     eval_sets = {
         "train": fixed_batches(train_tokens, config.block_size, train_params.batch_size, train_params.eval_batches,
                                train_params.seed + 1, "train.bin"),
         "val": fixed_batches(val_tokens, config.block_size, train_params.batch_size, train_params.eval_batches,
                              train_params.seed + 2, "val.bin"),
     }
-    session = Session(train_params, device, precision, compiled(state.model, train_params, device), eval_sets,
-                      checkpoints, on_step, last_saved=state.step)
+    ddp = wrap(state.model, device, world)
+    runner = compiled(state.model if ddp is None else ddp, train_params, device)
+    session = Session(train_params, device, precision, runner, eval_sets, checkpoints, on_step,
+                      last_saved=state.step, world=world, ddp=ddp)
     return state, session
 
 
 def after_step(state: TrainState, session: Session, row: dict) -> None:
-    """Log the step; evaluate and checkpoint when their interval comes round, and after the last step."""
+    """Log the step; evaluate and checkpoint when their interval comes round, and after the last step.
+    Every process evaluates (the same batches, the same weights), so all stay in step."""
     train_params = session.train_params
     state.history.append(row)
     if session.on_step:
@@ -275,7 +300,9 @@ def after_step(state: TrainState, session: Session, row: dict) -> None:
     if state.step % train_params.eval_interval == 0 or last:
         record_eval(state, evaluate(state, session.eval_sets, session.device, session.precision), session.on_step)
     if state.step % train_params.checkpoint_interval == 0 or last:
-        session.checkpoints.save(state.to_checkpoint(session.device))
+        checkpoint = state.to_checkpoint(session.device, session.world)
+        if session.world.is_main:
+            session.checkpoints.save(checkpoint)
         session.last_saved = state.step
 
 
@@ -295,32 +322,33 @@ def deterministic_kernels() -> Iterator[None]:
 
 
 def train(config: GPTConfig, train_params: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
-          on_step: StepCallback | None = None, code_version: str = "") -> TrainResult:
+          on_step: StepCallback | None = None, code_version: str = "", world: World = SINGLE) -> TrainResult:
     """Train until train_params.max_steps, resuming from this configuration's checkpoint in `checkpoint_root`.
     `code_version` (e.g. codedeps.code_digest of the stage) joins the checkpoint key, so a checkpoint
-    written by other code is never resumed."""
+    written by other code is never resumed. `world`: this process among torchrun's (its process group
+    joined, `tinygpt.train.distributed.process_group`); only rank 0 writes the checkpoint."""
     with deterministic_kernels():
-        return train_loop(config, train_params, train_path, val_path, checkpoint_root, on_step, code_version)
+        return train_loop(config, train_params, train_path, val_path, checkpoint_root, on_step, code_version, world)
 
 
 def train_loop(config: GPTConfig, train_params: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
-               on_step: StepCallback | None, code_version: str) -> TrainResult:
-    state, session = start(config, train_params, train_path, val_path, checkpoint_root, on_step, code_version)
+               on_step: StepCallback | None, code_version: str, world: World = SINGLE) -> TrainResult:
+    state, session = start(config, train_params, train_path, val_path, checkpoint_root, on_step, code_version, world)
     resumed_from = state.step
     replay(state, on_step)
     if state.step == 0:
         record_eval(state, evaluate(state, session.eval_sets, session.device, session.precision), on_step)
     bar = tqdm(total=train_params.max_steps, initial=state.step, desc="pretrain", unit="step", file=sys.stderr,
-               dynamic_ncols=True, mininterval=1.0)
+               dynamic_ncols=True, mininterval=1.0, disable=not world.is_main)
     while state.step < train_params.max_steps:
         row = pretrain_step(state, session.runner, train_params, session.device, session.precision,
-                            session.checkpoints, session.last_saved)
+                            session.checkpoints, session.last_saved, world, session.ddp)
         after_step(state, session, row)
         bar.update(1)
         if state.step % train_params.log_interval == 0:
             bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
     bar.close()
-    metrics = summary(state, session.device, session.precision)
+    metrics = summary(state, session.device, session.precision, world)
     return TrainResult(full_model(state.model), state.history, state.evals, metrics, session.checkpoints.path, resumed_from)
 
 
@@ -344,7 +372,7 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def summary(state: TrainState, device: torch.device, precision: str) -> dict:
+def summary(state: TrainState, device: torch.device, precision: str, world: World = SINGLE) -> dict:
     final = state.evals[-1]
     best = min(state.evals, key=lambda row: row["val_loss"])
     tokens_seen = state.history[-1]["tokens_seen"] if state.history else 0
@@ -361,6 +389,7 @@ def summary(state: TrainState, device: torch.device, precision: str) -> dict:
         "peak_rss_mib": peak_rss_mib(),
         "device": device.type,
         "precision": precision,
+        "world_size": world.world_size,  # training processes
         "vocabulary": vocabulary_summary(state.model),
     }
 

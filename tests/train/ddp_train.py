@@ -1,0 +1,32 @@
+"""One process of a data-parallel training run, started by tests/train/test_distributed.py under torchrun.
+
+argv[1] is a JSON file: the model and train params, the token files, the checkpoint root and `out`, where
+rank 0 saves the step rows, the evaluations and every process's final weights (gathered to it).
+"""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from tinygpt.model.config import GPTConfig
+from tinygpt.pipeline.cli import run_stage
+from tinygpt.train import distributed
+from tinygpt.train.config import TrainParams
+from tinygpt.train.loop import train
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    p = TrainParams(**spec["train"])
+    with distributed.process_group(p.device) as world:
+        result = train(GPTConfig(**spec["model"]), p, Path(spec["train_path"]), Path(spec["val_path"]),
+                       Path(spec["checkpoint_root"]), world=world)
+        weights = world.gather({name: t.detach().clone() for name, t in result.model.state_dict().items()})
+        if world.is_main:
+            torch.save({"history": result.history, "evals": result.evals, "weights": weights,
+                        "metrics": result.metrics}, spec["out"])
+
+
+if __name__ == "__main__":
+    run_stage(main)
