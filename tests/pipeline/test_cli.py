@@ -34,7 +34,7 @@ def test_params_prints_resolved_sections(repo_root):
     out = run_cli("params", cwd=repo_root)
     assert out.returncode == 0, out.stderr
     resolved = json.loads(out.stdout)
-    assert resolved["split"] == {"val_fraction": 0.1}
+    assert resolved["split"] == {"val_fraction": 0.1, "seed": 1337}
     assert resolved["model"]["vocab_size"] == 50257
 
 
@@ -50,7 +50,7 @@ def test_bad_params_exit_nonzero_with_one_line(tmp_path):
 def test_section_filter(repo_root, capsys, monkeypatch):
     monkeypatch.chdir(repo_root)
     cli.main(["params", "--section", "split"])
-    assert json.loads(capsys.readouterr().out) == {"split": {"val_fraction": 0.1}}
+    assert json.loads(capsys.readouterr().out) == {"split": {"val_fraction": 0.1, "seed": 1337}}
 
 
 # ---------------------------------------------------------------- generate and info
