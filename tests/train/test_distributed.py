@@ -64,9 +64,11 @@ def torchrun(args: list[str], nproc: int = 2, cwd: Path | None = None, env: dict
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
-def train_in_two_processes(tmp_path: Path, corpus, p: TrainParams, checkpoint_root: Path) -> subprocess.CompletedProcess:
+def train_in_two_processes(tmp_path: Path, corpus, p: TrainParams, checkpoint_root: Path,
+                           crash_at: int | None = None) -> subprocess.CompletedProcess:
     spec = {"model": TINY.to_dict(), "train": dataclasses.asdict(p), "train_path": str(corpus[0]),
-            "val_path": str(corpus[1]), "checkpoint_root": str(checkpoint_root), "out": str(tmp_path / "ranks.pt")}
+            "val_path": str(corpus[1]), "checkpoint_root": str(checkpoint_root), "out": str(tmp_path / "ranks.pt"),
+            "crash_at": crash_at}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     return torchrun([str(HERE / "ddp_train.py"), str(tmp_path / "spec.json")])
 
@@ -111,6 +113,19 @@ def test_two_processes_with_half_the_batch_take_the_steps_of_one(two_processes, 
     assert [r["grad_norm"] for r in two["history"]] == pytest.approx([r["grad_norm"] for r in one.history], rel=1e-4)
     assert [r["tokens_seen"] for r in two["history"]] == [r["tokens_seen"] for r in one.history]  # the global batch
     assert two["metrics"]["world_size"] == 2 and one.metrics["world_size"] == 1
+
+
+def test_an_interrupted_run_resumes_with_as_many_processes_to_the_same_weights(two_processes, corpus, tmp_path):
+    p = dataclasses.replace(RECIPE, nproc_per_node=2)
+    crashed = train_in_two_processes(tmp_path, corpus, p, tmp_path / "ckpt", crash_at=7)  # checkpoint at 5
+    assert crashed.returncode != 0 and not (tmp_path / "ranks.pt").exists()
+    resumed = train_in_two_processes(tmp_path, corpus, p, tmp_path / "ckpt")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    again = torch.load(tmp_path / "ranks.pt", weights_only=True)
+    assert again["resumed_from"] == 5
+    for a, b in zip(again["weights"], two_processes["weights"]):
+        assert max_abs_diff(a, b) == 0.0  # bit for bit the uninterrupted two-process run
+    assert [r["loss"] for r in again["history"]] == [r["loss"] for r in two_processes["history"]]
 
 
 def test_a_checkpoint_resumes_only_with_as_many_processes(two_processes, corpus, tmp_path):
