@@ -25,7 +25,7 @@ def main() -> None:
     p = params.load_sections("best_of_n", "heldout", "preferences", "tracking")
     bon, settings, preferences_params = p.best_of_n, p.heldout, p.preferences
     flat = params.flatten({"best_of_n": bon, "heldout": settings, "preferences": preferences_params})
-    with tracking.stage_run("best_of_n", flat, p.tracking.experiment) as run:
+    with tracking.stage_run("best_of_n", flat, p.tracking) as run:
         run.log_dataset(paths.PREFERENCE_PROMPTS, "evaluation")
         device = resolve_device(bon.device)
         precision = resolve_precision(bon.precision, device)

@@ -15,7 +15,7 @@ CHECKED = "params.yaml passed validation: every section and key is known, typed 
 def main() -> None:
     sections = params.load_all()
     flat = params.flatten(sections)
-    with tracking.stage_run("check_params", flat, sections["tracking"].experiment) as run:
+    with tracking.stage_run("check_params", flat, sections["tracking"]) as run:
         io.write_text(paths.PARAMS_CHECKED, CHECKED)
         metrics = run.finish({"sections": len(sections), "keys": len(flat)})
         io.write_json(paths.metrics_file("check_params"), metrics)

@@ -17,7 +17,7 @@ from tinygpt.pipeline.outputs.compare import write_compare
 def main() -> None:
     p = params.load_sections("compare", "eval", "tracking")
     flat = params.flatten({"compare": p.compare, "eval": p.eval})
-    with tracking.stage_run("compare", flat, p.tracking.experiment) as run:
+    with tracking.stage_run("compare", flat, p.tracking) as run:
         run.log_dataset(paths.VAL_BIN, "evaluation")
         model = weights.load_model(paths.PRETRAIN_DIR)
         split = io.read_json(paths.SPLIT_META)

@@ -9,7 +9,7 @@ from tinygpt.pipeline.cli import run_stage
 
 def main() -> None:
     p = params.load_sections("data", "tracking")
-    with tracking.stage_run("download", params.flatten({"data": p.data}), p.tracking.experiment) as run:
+    with tracking.stage_run("download", params.flatten({"data": p.data}), p.tracking) as run:
         summary = fetch_corpus(p.data, paths.RAW_CORPUS, paths.RAW_DOCUMENTS)
         io.write_json(paths.RAW_MANIFEST, summary.as_dict())
         run.set_tags({"download.source": summary.source, "download.kind": p.data.source})

@@ -28,7 +28,7 @@ def main() -> None:
     p = params.load_sections("dpo", "heldout", "preferences", "tracking")
     dpo_params, preferences_params = p.dpo, p.preferences
     flat = params.flatten({"dpo": dpo_params, "heldout": p.heldout, "preferences": preferences_params})
-    with tracking.stage_run("dpo", flat, p.tracking.experiment, system_metrics=True) as run:
+    with tracking.stage_run("dpo", flat, p.tracking, system_metrics=True) as run:
         run.log_dataset(paths.PREFERENCE_PAIRS, "training")
         run.log_dataset(paths.PREFERENCE_PROMPTS, "evaluation")
         device = resolve_device(dpo_params.device)

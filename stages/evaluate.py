@@ -12,7 +12,7 @@ from tinygpt.pipeline.outputs.evaluate import write_evaluation
 
 def main() -> None:
     p = params.load_sections("eval", "tracking")
-    with tracking.stage_run("evaluate", params.flatten({"eval": p.eval}), p.tracking.experiment) as run:
+    with tracking.stage_run("evaluate", params.flatten({"eval": p.eval}), p.tracking) as run:
         run.log_dataset(paths.TRAIN_BIN, "evaluation")
         run.log_dataset(paths.VAL_BIN, "evaluation")
         model = weights.load_model(paths.PRETRAIN_DIR)

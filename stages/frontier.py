@@ -18,7 +18,7 @@ METHODS = {"PPO": ("rlhf", paths.RLHF_FRONTIER_CSV), "DPO": ("dpo", paths.DPO_FR
 def main() -> None:
     start = time.perf_counter()
     p = params.load_sections("preferences", "tracking")
-    with tracking.stage_run("frontier", {"preferences.oracle": p.preferences.oracle}, p.tracking.experiment) as run:
+    with tracking.stage_run("frontier", {"preferences.oracle": p.preferences.oracle}, p.tracking) as run:
         curve = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
         best_of_n = curve[curve["set"] == "report"].reset_index(drop=True)
         runs, metrics = {}, {}

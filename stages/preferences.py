@@ -21,7 +21,7 @@ def main() -> None:
     p = params.load_sections("preferences", "tracking")
     preferences_params = p.preferences
     flat = params.flatten({"preferences": preferences_params})
-    with tracking.stage_run("preferences", flat, p.tracking.experiment) as run:
+    with tracking.stage_run("preferences", flat, p.tracking) as run:
         run.log_dataset(paths.TRAIN_BIN, "prompts")
         run.log_dataset(paths.VAL_BIN, "prompts")
         device = resolve_device(preferences_params.device)

@@ -38,7 +38,7 @@ def run_training(p: SimpleNamespace, world: distributed.World, on_step=None) -> 
 
 def train_and_write(p: SimpleNamespace, world: distributed.World, started: float) -> None:
     flat = params.flatten({"model": p.model, "train": p.train})
-    with tracking.stage_run("pretrain", flat, p.tracking.experiment, system_metrics=True) as run:
+    with tracking.stage_run("pretrain", flat, p.tracking, system_metrics=True) as run:
         run.log_dataset(paths.TRAIN_BIN, "training")
         run.log_dataset(paths.VAL_BIN, "validation")
         result = run_training(p, world, on_step=run.log_step)

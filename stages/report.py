@@ -8,11 +8,15 @@ from tinygpt.pipeline.cli import run_stage
 
 def main() -> None:
     p = params.load_sections(*params.SECTIONS)  # the pipeline run records every parameter
-    state = report.PipelineState(params.flatten(p), report.read_stage_metrics())
-    result = report.publish(state, report.pipeline_experiment(p.tracking.experiment))
+    recorded = {k: v for k, v in params.flatten(p).items() if k not in params.NOT_DVC_DEPS}
+    state = report.PipelineState(recorded, report.read_stage_metrics())
+    result = report.publish(state, p.tracking)
     io.write_json(paths.metrics_file("report"), result)
-    verb = "logged" if result["new_run"] else "already logged as"
-    print(f"report: pipeline run {verb} {result['pipeline_run_id']}; summary in {paths.SUMMARY_MD}")
+    if result["pipeline_run_id"] is None:
+        print(f"report: untracked (no MLflow pipeline run); summary in {paths.SUMMARY_MD}")
+    else:
+        verb = "logged" if result["new_run"] else "already logged as"
+        print(f"report: pipeline run {verb} {result['pipeline_run_id']}; summary in {paths.SUMMARY_MD}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ def main() -> None:
     start = time.perf_counter()
     p = params.load_sections("reward", "tracking")
     reward_params = p.reward
-    with tracking.stage_run("reward", params.flatten({"reward": reward_params}), p.tracking.experiment,
+    with tracking.stage_run("reward", params.flatten({"reward": reward_params}), p.tracking,
                             system_metrics=True) as run:
         run.log_dataset(paths.PREFERENCE_PAIRS, "training")
         device = resolve_device(reward_params.device)

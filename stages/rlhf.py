@@ -28,7 +28,7 @@ def main() -> None:
     p = params.load_sections("rlhf", "heldout", "preferences", "tracking")
     rlhf_params, preferences_params = p.rlhf, p.preferences
     flat = params.flatten({"rlhf": rlhf_params, "heldout": p.heldout, "preferences": preferences_params})
-    with tracking.stage_run("rlhf", flat, p.tracking.experiment, system_metrics=True) as run:
+    with tracking.stage_run("rlhf", flat, p.tracking, system_metrics=True) as run:
         run.log_dataset(paths.PREFERENCE_PROMPTS, "training")
         run.log_dataset(paths.TRAIN_BIN, "training")  # PPO-ptx's language-model batches
         device = resolve_device(rlhf_params.device)

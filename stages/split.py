@@ -11,7 +11,7 @@ from tinygpt.pipeline.cli import run_stage
 
 def main() -> None:
     p = params.load_sections("split", "tracking")
-    with tracking.stage_run("split", params.flatten({"split": p.split}), p.tracking.experiment) as run:
+    with tracking.stage_run("split", params.flatten({"split": p.split}), p.tracking) as run:
         run.log_dataset(paths.TOKENS_BIN, "input")
         meta = io.read_json(paths.TOKENS_META)
         tokens = read_tokens(paths.TOKENS_BIN, meta["dtype"])

@@ -13,7 +13,7 @@ from tinygpt.pipeline.cli import run_stage
 
 def main() -> None:
     p = params.load_sections("tokenize", "tracking")
-    with tracking.stage_run("tokenize", params.flatten({"tokenize": p.tokenize}), p.tracking.experiment) as run:
+    with tracking.stage_run("tokenize", params.flatten({"tokenize": p.tokenize}), p.tracking) as run:
         run.log_dataset(paths.RAW_CORPUS, "input")
         out = TokenFiles(paths.TOKENS_BIN, paths.TOKEN_OFFSETS, paths.TOKEN_DOCUMENTS)
         summary = tokenize_corpus(paths.RAW_CORPUS, read_document_index(paths.RAW_DOCUMENTS, "download"),

@@ -2,14 +2,13 @@
 loopback HTTP server and a copy of the project with a tiny configuration (`tiny_project`)."""
 from __future__ import annotations
 
-import hashlib
 import http.server
-import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT, TINY_PIPELINE, copy_project, set_params
+from support import REPO_ROOT, commit_all, dvc, tiny_copy
 
 SHARED_CORPUS = REPO_ROOT.parent / "shared" / "corpora" / "tinyshakespeare.txt"
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
@@ -48,12 +47,13 @@ def mlflow_uri(tmp_path, monkeypatch) -> str:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    routes: dict[str, tuple[int, bytes]] = {}
+    routes: dict[str, tuple[int, bytes, float, int | None]] = {}
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
-        status, body = self.routes.get(self.path, (404, b"not found"))
+        status, body, delay_s, declared_length = self.routes.get(self.path, (404, b"not found", 0.0, None))
+        time.sleep(delay_s)
         self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(declared_length or len(body)))
         self.end_headers()
         self.wfile.write(body)
 
@@ -73,8 +73,11 @@ class LoopbackServer:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
 
-    def serve(self, path: str, body: bytes, status: int = 200) -> str:
-        self.routes[path] = (status, body)
+    def serve(self, path: str, body: bytes, status: int = 200, delay_s: float = 0.0,
+              declared_length: int | None = None) -> str:
+        """Answer GET `path`; `delay_s` stalls before the headers, a `declared_length` above len(body)
+        announces more bytes than are sent (a truncated transfer)."""
+        self.routes[path] = (status, body, delay_s, declared_length)
         return self.url(path)
 
 
@@ -88,12 +91,15 @@ def http_server():
 
 
 @pytest.fixture
-def tiny_project(repo_root, tmp_path, shakespeare_path):
-    corpus = shakespeare_path.read_bytes()[:40_000]
-    (tmp_path / "corpus.txt").write_bytes(corpus)
-    project = copy_project(repo_root, tmp_path / "project")
-    data = {"url": str(tmp_path / "corpus.txt"), "sha256": hashlib.sha256(corpus).hexdigest(), "mirrors": []}
-    set_params(project, data=data, **TINY_PIPELINE)
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
-    subprocess.run([*git, "commit", "-qam", "tiny configuration"], cwd=project, check=True)
+def tiny_project(tmp_path, shakespeare_path):
+    return tiny_copy(tmp_path, shakespeare_path)
+
+
+@pytest.fixture(scope="session")
+def finished_project(tmp_path_factory, shakespeare_path):
+    """The tiny project after one whole `dvc repro`, committed with its dvc.lock: a pipeline in a clean,
+    finished state. Shared by the tests of a session, so they change a copy (`support.copy_finished`)."""
+    project = tiny_copy(tmp_path_factory.mktemp("finished"), shakespeare_path)
+    dvc(project, "repro")
+    commit_all(project, "the tiny pipeline, reproduced")
     return project

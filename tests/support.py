@@ -2,6 +2,7 @@
 project run under real `dvc`, the tiny pipeline configuration, a training interruption, dvc.yaml paths."""
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -58,6 +59,30 @@ def copy_project(repo_root: Path, dest: Path) -> Path:
     return dest
 
 
+def commit_all(project: Path, message: str) -> None:
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", message], cwd=project, check=True)
+
+
+def tiny_copy(root: Path, corpus_file: Path) -> Path:
+    """A copy of this project in `root`/project with the tiny configuration, committed, reading the first
+    40 kB of `corpus_file` (saved as `root`/corpus.txt)."""
+    corpus = corpus_file.read_bytes()[:40_000]
+    (root / "corpus.txt").write_bytes(corpus)
+    project = copy_project(REPO_ROOT, root / "project")
+    data = {"url": str(root / "corpus.txt"), "sha256": hashlib.sha256(corpus).hexdigest(), "mirrors": []}
+    set_params(project, data=data, **TINY_PIPELINE)
+    commit_all(project, "tiny configuration")
+    return project
+
+
+def copy_finished(finished: Path, dest: Path) -> Path:
+    """A private copy of the `finished_project` fixture (its git history, DVC cache and MLflow store too)."""
+    shutil.copytree(finished, dest, symlinks=True)
+    return dest
+
+
 def set_params(project: Path, **sections) -> None:
     path = project / "params.yaml"
     values = yaml.safe_load(path.read_text())
@@ -66,14 +91,17 @@ def set_params(project: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
-def dvc(project: Path, *args: str, check: bool = True, own_code: bool = False) -> subprocess.CompletedProcess:
+def dvc(project: Path, *args: str, check: bool = True, own_code: bool = False,
+        env_vars: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run dvc in `project`; with `own_code`, its stages import the copy's src/ rather than the
-    installed (editable) package, so edits to the copy's modules take effect."""
+    installed (editable) package, so edits to the copy's modules take effect. `env_vars` are set for
+    dvc and its stages (e.g. MLFLOW_TRACKING_URI; unset, the stages log to <project>/mlflow.db)."""
     env = dict(os.environ)
-    env.pop("MLFLOW_TRACKING_URI", None)  # use the default: <project>/mlflow.db
+    env.pop("MLFLOW_TRACKING_URI", None)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]  # stages run this python
     if own_code:
         env["PYTHONPATH"] = str(project / "src")
+    env.update(env_vars or {})
     # Output goes through files, not pipes: `dvc queue start` exits at once, but the workers it leaves
     # running inherit its stdout, and reading a pipe would wait for them (seen once in CI: 600 s).
     with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:

@@ -99,3 +99,27 @@ def test_replace_dir_puts_the_old_folder_back_when_the_swap_fails(tmp_path, monk
     with pytest.raises(OSError, match="disk gone"):
         io.replace_dir(new, target)
     assert (target / "old.txt").read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [".out.new", "out"]
+
+
+def test_a_killed_writers_leftovers_go_with_the_next_write(tmp_path):
+    """kill -9 runs no cleanup: the next write of the same output removes what a dead process left."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(dead.stdout), os.getpid()
+    target = tmp_path / "model"
+    stale = [tmp_path / f".model.{dead_pid}.x1.tmp", tmp_path / f".model.{dead_pid}.old"]
+    stale[0].mkdir()
+    (stale[0] / "half.safetensors").write_bytes(b"half")
+    stale[1].mkdir()
+    kept = [tmp_path / f".model.{live_pid}.x2.tmp", tmp_path / f".other.{dead_pid}.x3.tmp"]
+    for path in kept:
+        path.write_text("in use, or not ours")
+    with io.atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("w")
+    assert not any(p.exists() for p in stale)
+    assert all(p.exists() for p in kept) and (target / "weights").read_text() == "w"
+    with io.atomic_path(tmp_path / "other") as tmp:
+        tmp.write_text("o")
+    assert not kept[1].exists()

@@ -18,6 +18,7 @@ from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import registry, tracking
 from tinygpt.rlhf.reward_model import RewardModel, load_reward_model, pad_sequences, save_reward_model
+from tinygpt.pipeline.params import TrackingParams
 
 CONFIG = GPTConfig(vocab_size=N_VOCAB, block_size=32, n_layer=1, n_head=1, n_embd=16)
 
@@ -34,7 +35,7 @@ def greedy_text(model: GPT, prompt: str, tokens: int) -> str:
 
 def log_pretrain(tmp_path: Path, seed: int = 0) -> str | None:
     save_model(tiny_model(seed), tmp_path / f"model{seed}")
-    with tracking.stage_run("pretrain", {}, "exp"):
+    with tracking.stage_run("pretrain", {}, TrackingParams("exp")):
         return registry.log_tinygpt_model(tmp_path / f"model{seed}", "exp-pretrain", {"whole_val": {"loss": 4.5}})
 
 
@@ -80,7 +81,7 @@ def test_the_reward_model_scores_texts(mlflow_uri, tmp_path, monkeypatch):
     reward = RewardModel(tiny_model())
     torch.nn.init.normal_(reward.head.weight)
     save_reward_model(reward, tmp_path / "reward")
-    with tracking.stage_run("reward", {}, "exp"):
+    with tracking.stage_run("reward", {}, TrackingParams("exp")):
         registry.log_tinygpt_model(tmp_path / "reward", "exp-reward", {}, scorer=True)
     texts = ["What a lovely day", "I hate this"]
     scores = mlflow.pyfunc.load_model(registry.model_uri("exp-reward")).predict(texts)
@@ -96,7 +97,7 @@ def test_the_hugging_face_export_is_a_transformers_model(mlflow_uri, tmp_path, m
 
     monkeypatch.chdir(tmp_path)
     export_hf_dir(tiny_model(), tmp_path / "hf")
-    with tracking.stage_run("compare", {}, "exp"):
+    with tracking.stage_run("compare", {}, TrackingParams("exp")):
         registry.log_hf_model(tmp_path / "hf", "exp-hf")
     uri = registry.model_uri("exp-hf")
     assert "transformers" in mlflow.models.get_model_info(uri).flavors

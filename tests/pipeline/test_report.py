@@ -5,6 +5,7 @@ import pytest
 
 from tinygpt.core import io
 from tinygpt.pipeline import paths, report, tracking
+from tinygpt.pipeline.params import TrackingParams
 
 PNG_1PX = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
@@ -67,11 +68,11 @@ def test_summary_and_dashboard(workspace):
 def test_one_pipeline_run_per_state(workspace, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
-    first = report.publish(state(), "exp-pipeline")
-    again = report.publish(state(), "exp-pipeline")
+    first = report.publish(state(), TrackingParams("exp"))
+    again = report.publish(state(), TrackingParams("exp"))
     assert first["new_run"] and not again["new_run"]
     assert again["pipeline_run_id"] == first["pipeline_run_id"]
-    changed = report.publish(state({"train.learning_rate": 0.01}), "exp-pipeline")
+    changed = report.publish(state({"train.learning_rate": 0.01}), TrackingParams("exp"))
     assert changed["new_run"] and changed["pipeline_run_id"] != first["pipeline_run_id"]
 
     client = MlflowClient(mlflow_uri)
@@ -90,11 +91,11 @@ def test_one_pipeline_run_per_state(workspace, mlflow_uri):
 def test_the_pipeline_run_links_its_stage_runs(workspace, mlflow_uri):
     from mlflow.tracking import MlflowClient
 
-    with tracking.stage_run("evaluate", {}, "exp") as stage:
+    with tracking.stage_run("evaluate", {}, TrackingParams("exp")) as stage:
         pass
     s = state()
     s.stage_metrics["evaluate"]["mlflow_run_id"] = stage.run_id
-    published = report.publish(s, "exp-pipeline")
+    published = report.publish(s, TrackingParams("exp"))
     client = MlflowClient(mlflow_uri)
     note = client.get_run(published["pipeline_run_id"]).data.tags["mlflow.note.content"]
     experiment = client.get_experiment_by_name("exp").experiment_id

@@ -1,9 +1,11 @@
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from tinygpt.pipeline import tracking
+from tinygpt.pipeline.params import TrackingParams
 
 
 def test_repo_root_from_a_dvc_temp_experiment(tmp_path):
@@ -44,7 +46,7 @@ def test_stage_run_logs_params_metrics_tags(mlflow_uri, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     monkeypatch.chdir(tmp_path)
-    with tracking.stage_run("demo", {"split.val_fraction": 0.1}, "exp-test") as run:
+    with tracking.stage_run("demo", {"split.val_fraction": 0.1}, TrackingParams("exp-test")) as run:
         for step in range(3):
             run.log_step(step, {"loss": 3.0 - step})
         metrics = run.finish({"val": {"loss": 1.5}}, artifacts=[])
@@ -69,7 +71,7 @@ def test_failed_stage_marks_run_failed(mlflow_uri, tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(RuntimeError):
-        with tracking.stage_run("boom", {}, "exp-test") as run:
+        with tracking.stage_run("boom", {}, TrackingParams("exp-test")) as run:
             run_id = run.run_id
             raise RuntimeError("stage failed")
     assert MlflowClient(mlflow_uri).get_run(run_id).info.status == "FAILED"
@@ -81,7 +83,7 @@ def test_an_experiment_made_before_the_kind_tag_gets_it(mlflow_uri, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     client = MlflowClient(mlflow_uri)
     old = client.create_experiment("old-exp")
-    with tracking.stage_run("demo", {}, "old-exp"):
+    with tracking.stage_run("demo", {}, TrackingParams("old-exp")):
         pass
     assert client.get_experiment(old).tags["mlflow.experimentKind"] == "custom_model_development"
 
@@ -115,7 +117,7 @@ def test_datasets_are_logged_as_inputs_with_their_md5(mlflow_uri, tmp_path, monk
     paths.TRAIN_BIN.write_bytes(b"\x01\x00\x02\x00")
     (tmp_path / "pairs").mkdir()
     (tmp_path / "pairs" / "a.arrow").write_bytes(b"abc")
-    with tracking.stage_run("demo", {}, "exp-test") as run:
+    with tracking.stage_run("demo", {}, TrackingParams("exp-test")) as run:
         run.log_dataset(paths.TRAIN_BIN, "training")
         run.log_dataset(Path("pairs"), "evaluation")
     inputs = MlflowClient(mlflow_uri).get_run(run.run_id).inputs.dataset_inputs
@@ -134,11 +136,34 @@ def test_system_metrics_are_sampled_on_request(mlflow_uri, tmp_path, monkeypatch
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
-    with tracking.stage_run("trained", {}, "exp-test", system_metrics=True) as run:
+    with tracking.stage_run("trained", {}, TrackingParams("exp-test"), system_metrics=True) as run:
         time.sleep(3.5)
-    with tracking.stage_run("quick", {}, "exp-test") as quiet:
+    with tracking.stage_run("quick", {}, TrackingParams("exp-test")) as quiet:
         time.sleep(1.5)
     client = MlflowClient(mlflow_uri)
     sampled = client.get_run(run.run_id).data.metrics
     assert "system/cpu_utilization_percentage" in sampled and "system/system_memory_usage_megabytes" in sampled
     assert not any(name.startswith("system/") for name in client.get_run(quiet.run_id).data.metrics)
+
+
+def test_a_run_whose_process_died_is_marked_killed_by_the_next_run_of_its_stage(mlflow_uri, tmp_path, monkeypatch):
+    import socket
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.chdir(tmp_path)
+    client = MlflowClient(mlflow_uri)
+    experiment = client.create_experiment("exp-test")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    orphan, alive, other_stage = (
+        client.create_run(experiment, tags={"stage": stage, tracking.PID_TAG: pid, tracking.HOST_TAG: host}).info.run_id
+        for stage, pid in (("demo", dead.stdout.strip()), ("demo", str(os.getppid())), ("other", dead.stdout.strip()))
+    )
+    with tracking.stage_run("demo", {}, TrackingParams("exp-test")) as run:
+        pass
+    status = {r: client.get_run(r).info.status for r in (orphan, alive, other_stage)}
+    assert status == {orphan: "KILLED", alive: "RUNNING", other_stage: "RUNNING"}
+    assert client.get_run(run.run_id).data.tags[tracking.PID_TAG] == str(os.getpid())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -21,7 +22,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -41,7 +43,8 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target), suffix=".tmp", dir=target.parent))
     try:
         tmp.chmod(0o777 & ~_umask())
         yield tmp
@@ -49,6 +52,31 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def temp_prefix(target: Path) -> str:
+    """Temp names carry the writer's process id, so that a later writer can tell a dead one's leftovers."""
+    return f".{target.name}.{os.getpid()}."
+
+
+def remove_stale_temps(target: Path) -> None:
+    """Delete what writers of `target` that no longer run left beside it (a process killed with -9 runs no
+    cleanup): temp files and folders, and old folders set aside by replace_dir."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(\d+)\.(.*\.tmp|old)$")
+    for sibling in target.parent.iterdir():
+        match = pattern.match(sibling.name)
+        if match and not process_alive(int(match.group(1))):
+            _remove(sibling)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, and someone else's
+        return True
+    return True
 
 
 def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:

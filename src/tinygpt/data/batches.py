@@ -20,7 +20,7 @@ def check_length(tokens: np.ndarray, block_size: int, name: str) -> None:
     if len(tokens) < block_size + 1:
         raise TinyGptError(
             f"{name} has {len(tokens)} tokens, fewer than model.block_size + 1 = {block_size + 1}; "
-            "lower model.block_size or use a larger corpus"
+            "lower model.block_size, use a larger corpus, or give the split more of it (split.val_fraction)"
         )
 
 

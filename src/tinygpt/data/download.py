@@ -7,6 +7,7 @@ interrupted download never leaves a partial corpus behind.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import socket
 import urllib.error
 import urllib.parse
@@ -50,8 +51,8 @@ def download_corpus(
                     raise ChecksumMismatch(f"sha256 {digest} != expected {sha256.lower()} ({n_bytes} bytes)")
                 check_utf8_text(tmp, source)
             return DownloadResult(out_path, source, digest, n_bytes, failures + [f"{source}: ok"])
-        except (DownloadError, OSError, ValueError) as err:
-            failures.append(f"{source}: {describe(err)}")
+        except (DownloadError, OSError, ValueError, http.client.HTTPException) as err:
+            failures.append(f"{source}: {describe(err, timeout_s)}")
     raise DownloadError(
         "could not fetch the corpus; tried:\n  - "
         + "\n  - ".join(failures)
@@ -66,10 +67,15 @@ def fetch_to(source: str, dest: Path, timeout_s: float) -> tuple[str, int]:
     hasher = hashlib.sha256()
     n_bytes = 0
     with open_source(source, timeout_s) as stream, dest.open("wb") as out:
+        announced = getattr(stream, "headers", {}).get("Content-Length")
         while chunk := stream.read(CHUNK):
             hasher.update(chunk)
             out.write(chunk)
             n_bytes += len(chunk)
+    # http.client ends a read early, without an error, when the server closes the connection mid-body.
+    if announced is not None and announced.isdigit() and n_bytes < int(announced):
+        raise DownloadError(f"truncated: {n_bytes} of the {announced} bytes announced arrived before the "
+                            "connection closed")
     return hasher.hexdigest(), n_bytes
 
 
@@ -96,17 +102,22 @@ def check_utf8_text(path: Path, source: str) -> None:
         raise DownloadError(f"not UTF-8 text (byte {err.start}: {err.reason})") from err
 
 
-def describe(err: BaseException) -> str:
+def describe(err: BaseException, timeout_s: float) -> str:
     """One line a user can act on, for the usual network and file failures."""
+    timed_out = f"timed out after {timeout_s:g} s without data (a slow server needs a larger data.timeout_s)"
     if isinstance(err, urllib.error.HTTPError):
         return f"HTTP {err.code} {err.reason}"
     if isinstance(err, urllib.error.URLError):
         reason = err.reason
         if isinstance(reason, (socket.timeout, TimeoutError)):
-            return "timed out"
+            return timed_out
         return f"unreachable ({reason})"
     if isinstance(err, (socket.timeout, TimeoutError)):
-        return "timed out"
+        return timed_out
+    if isinstance(err, http.client.IncompleteRead):
+        return "truncated: the connection closed before the announced Content-Length was sent"
+    if isinstance(err, http.client.HTTPException):
+        return f"broken HTTP response ({type(err).__name__}: {err})"
     if isinstance(err, FileNotFoundError):
         return f"no such file ({err.filename})"
     return str(err) or type(err).__name__

@@ -172,7 +172,7 @@ def run_compare(ours: GPT, compare_params: CompareParams, eval_params: EvalParam
     pretrained = find_pretrained(compare_params)  # first: with compare.require_pretrained a miss fails before any work
     export_hf_dir(ours, hf_dir)
     # Read the export back from disk, so the fidelity check covers the files users will load.
-    hf_ours = GPT2LMHeadModel.from_pretrained(str(hf_dir), local_files_only=True, dtype=torch.float32).eval()
+    hf_ours = load_pretrained(str(hf_dir), allow_download=False)  # safetensors only, fp32, eval
     fidelity_tokens = val_tokens[: compare_params.fidelity_tokens] if compare_params.fidelity_tokens else val_tokens
     fid = fidelity(ours, hf_ours, fidelity_tokens, compare_params.fidelity_batch_size, device)
 

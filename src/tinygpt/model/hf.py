@@ -33,6 +33,14 @@ CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight"
 # Activations that are GELU with the tanh approximation, the one our MLP uses.
 TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 LAYER_NORM_EPS = 1e-5  # nn.LayerNorm's default, and GPT-2's
+# Weights load from safetensors only: a pickle checkpoint (pytorch_model.bin) can run code when unpickled.
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")  # one file, or the index of shards
+SAFETENSORS_SUFFIXES = (".safetensors", ".safetensors.index.json")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFETENSORS_ONLY = ("only safetensors weights (model.safetensors) are accepted, never a pickle checkpoint such as "
+                    "pytorch_model.bin, which can run code when it is loaded; on a machine where you trust the "
+                    "checkpoint, convert it with `GPT2LMHeadModel.from_pretrained(DIR).save_pretrained(DIR, "
+                    "safe_serialization=True)` and give DIR again")
 
 
 class ConversionError(TinyGptError, ValueError):
@@ -233,12 +241,38 @@ def load_pretrained(name_or_dir: str, allow_download: bool = True) -> GPT2LMHead
 
 
 def from_pretrained(name: str, source: str | Path, local_files_only: bool) -> GPT2LMHeadModel:
+    """GPT2LMHeadModel.from_pretrained from safetensors weights only; its failures as PretrainedUnavailable."""
     try:
-        model = GPT2LMHeadModel.from_pretrained(str(source), local_files_only=local_files_only, dtype=torch.float32)
+        config = GPT2Config.from_pretrained(str(source), local_files_only=local_files_only)
+        check_weights_file(name, config)
+        # Without use_safetensors=True, transformers falls back to pytorch_model.bin and unpickles it.
+        model = GPT2LMHeadModel.from_pretrained(str(source), config=config, local_files_only=local_files_only,
+                                                dtype=torch.float32, use_safetensors=True)
     except (OSError, ValueError) as err:  # a missing file, an unreadable config or an invalid repo id
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PretrainedUnavailable(name, f"{type(err).__name__}: {first_line}") from err
+        raise PretrainedUnavailable(name, unavailable_reason(name, source, err)) from err
     return model.eval()
+
+
+def check_weights_file(name: str, config: GPT2Config) -> None:
+    """Refuse a config.json that names its weights file: transformers then loads that file even when it
+    is a pickle (it lets `transformers_weights: adapter_model.bin` through despite use_safetensors=True)."""
+    named = getattr(config, "transformers_weights", None)
+    if named is not None and not str(named).endswith(SAFETENSORS_SUFFIXES):
+        raise PretrainedUnavailable(name, f"its config.json names the weights file {named!r}, not a safetensors "
+                                          f"file; {SAFETENSORS_ONLY}")
+
+
+def unavailable_reason(name: str, source: str | Path, err: Exception) -> str:
+    """Why from_pretrained failed, in one line; a checkpoint without safetensors weights says how to convert."""
+    path = Path(source)
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES) if path.is_dir() else []
+    if pickles and not any((path / f).exists() for f in SAFETENSORS_FILES):
+        return f"directory {path} has no {SAFETENSORS_FILES[0]} (it holds {', '.join(pickles)}); {SAFETENSORS_ONLY}"
+    # transformers' message for a hub repo without safetensors advises unsetting use_safetensors: not ours.
+    if "use_safetensors" in str(err):
+        return f"no {SAFETENSORS_FILES[0]} for {name} in the Hugging Face cache or on the Hub; {SAFETENSORS_ONLY}"
+    first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"{type(err).__name__}: {first_line}"
 
 
 # ---------------------------------------------------------------- export as a Hugging Face directory

@@ -33,9 +33,11 @@ PARAMS_FILE = Path("params.yaml")
 
 @dataclass
 class TrackingParams:
-    """params.yaml `tracking`: which MLflow experiment every stage logs its run to."""
+    """params.yaml `tracking`: which MLflow experiment every stage logs its run to, and whether a stage may
+    run untracked when the store cannot be reached."""
 
     experiment: str = "tinygpt"
+    required: bool = True
 
     def validate(self) -> None:
         require(bool(self.experiment.strip()), "tracking.experiment", "a non-empty name", self.experiment)
@@ -164,6 +166,12 @@ def flatten(sections: dict[str, Any] | types.SimpleNamespace) -> dict[str, Any]:
     return flat
 
 
+# Keys that decide how a stage reports, not what it computes: no DVC dependency, so switching tracking off
+# (or on) reruns nothing. A stage run untracked keeps "mlflow_run_id": null in its metrics.
+NOT_DVC_DEPS = ("tracking.required",)
+
+
 def dvc_keys(*names: str) -> list[str]:
     """The dotted keys of these sections, as dvc.yaml must list them (checked by a test)."""
-    return [f"{name}.{f.name}" for name in names for f in dataclasses.fields(SECTIONS[name])]
+    keys = [f"{name}.{f.name}" for name in names for f in dataclasses.fields(SECTIONS[name])]
+    return [key for key in keys if key not in NOT_DVC_DEPS]

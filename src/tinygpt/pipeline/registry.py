@@ -135,7 +135,10 @@ def staged_copy(model_dir: Path, metrics: dict[str, Any], workdir: Path) -> tupl
 
 def log_tinygpt_model(model_dir: Path, name: str, metrics: dict[str, Any], scorer: bool = False) -> str | None:
     """Log `model_dir` (weights.py format, or a reward model) to the active run and register it.
-    Returns the registered version (None when the newest version already holds these weights)."""
+    Returns the registered version (None when the newest version already holds these weights, or when the
+    stage runs untracked: no active run)."""
+    if mlflow.active_run() is None:
+        return None
     with tempfile.TemporaryDirectory() as workdir:
         staged, code = staged_copy(Path(model_dir), metrics, Path(workdir))
         info = mlflow.pyfunc.log_model(
@@ -147,11 +150,16 @@ def log_tinygpt_model(model_dir: Path, name: str, metrics: dict[str, Any], score
 
 
 def log_hf_model(hf_dir: Path, name: str) -> str | None:
-    """Log a Hugging Face GPT-2 directory with the transformers flavour (a text-generation pipeline)."""
+    """Log a Hugging Face GPT-2 directory with the transformers flavour (a text-generation pipeline); nothing
+    when the stage runs untracked (no active run)."""
+    if mlflow.active_run() is None:
+        return None
     import transformers
     from mlflow.models import infer_signature
 
-    model = transformers.GPT2LMHeadModel.from_pretrained(str(hf_dir))
+    from tinygpt.model.hf import load_pretrained  # safetensors only, like every weights load
+
+    model = load_pretrained(str(hf_dir), allow_download=False)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
     # Without a default, transformers generates up to its max_length and runs past the 128-token context.
     defaults = {"max_new_tokens": GENERATION_DEFAULTS["max_tokens"], "do_sample": True,
@@ -187,8 +195,16 @@ def local_model_dir(uri: str) -> Path:
     ours in weights.py format, or the Hugging Face directory of a transformers-flavour model."""
     from mlflow.models import Model
 
+    from mlflow.exceptions import MlflowException
+
     mlflow.set_tracking_uri(tracking.tracking_uri())
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except MlflowException as err:  # no such model, version, alias or run
+        first = str(err).strip().splitlines()[0]
+        raise TinyGptError(f"{uri}: {first} in the MLflow store {tracking.tracking_uri()}; check the name, version "
+                           "or alias (the MLflow UI's Models page lists them), or set MLFLOW_TRACKING_URI to the "
+                           "store that has it") from err
     flavors = Model.load(str(root)).flavors
     if "transformers" in flavors:
         return root / flavors["transformers"].get("model_binary", "model")

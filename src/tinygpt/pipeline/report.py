@@ -9,12 +9,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tinygpt.core import io
 from tinygpt.pipeline import paths, tracking
+from tinygpt.pipeline.params import TrackingParams
 
 # Pipeline order; the report reads each stage's metrics/<stage>.json.
 STAGES = ("download", "tokenize", "split", "pretrain", "evaluate", "compare", "preferences", "reward", "best_of_n",
@@ -169,11 +170,12 @@ def format_value(value: float) -> str:
     return f"{value:.4g}"
 
 
-def summary_markdown(state: PipelineState, headlines: dict[str, float], pipeline_run_id: str) -> str:
+def summary_markdown(state: PipelineState, headlines: dict[str, float], pipeline_run_id: str | None) -> str:
     lines = [
         "# tinygpt pipeline summary",
         "",
-        f"MLflow pipeline run `{pipeline_run_id}` · state `{state.fingerprint()}`",
+        (f"MLflow pipeline run `{pipeline_run_id}`" if pipeline_run_id else "untracked (no MLflow run)")
+        + f" · state `{state.fingerprint()}`",
         "",
         "## Headline metrics",
         "",
@@ -238,7 +240,7 @@ def pipeline_experiment(stage_experiment: str) -> str:
     return f"{stage_experiment}-pipeline"
 
 
-def write_outputs(state: PipelineState, pipeline_run_id: str) -> tuple[str, dict[str, float]]:
+def write_outputs(state: PipelineState, pipeline_run_id: str | None) -> tuple[str, dict[str, float]]:
     headlines = headline_metrics(state.stage_metrics)
     markdown_text = summary_markdown(state, headlines, pipeline_run_id)
     io.write_text(paths.SUMMARY_MD, markdown_text + "\n")
@@ -246,20 +248,26 @@ def write_outputs(state: PipelineState, pipeline_run_id: str) -> tuple[str, dict
     return markdown_text, headlines
 
 
-def publish(state: PipelineState, experiment: str) -> dict[str, Any]:
-    """Log the pipeline run (unless this exact state already has one) and write the summary files.
+def publish(state: PipelineState, settings: TrackingParams) -> dict[str, Any]:
+    """Log the pipeline run in `<experiment>-pipeline` (unless this exact state already has one) and write
+    the summary files; untracked (no run id) when the store is down and `settings.required` is false.
 
     Returns the report's metrics: the pipeline run id, whether it was new, the state and the headlines.
     """
-    mlflow_client = tracking.client()
-    exp_id = tracking.experiment_id(mlflow_client, experiment)
+    experiment = pipeline_experiment(settings.experiment)
     fingerprint = state.fingerprint()
+    mlflow_client = tracking.open_client(settings.required)
+    if mlflow_client is None:
+        _, headlines = write_outputs(state, None)
+        return {"pipeline_run_id": None, "new_run": False, "state": fingerprint, "headlines": headlines}
+    exp_id = tracking.experiment_id(mlflow_client, experiment)
     existing = find_pipeline_run(mlflow_client, exp_id, fingerprint)
     if existing:
         _, headlines = write_outputs(state, existing)
         return {"pipeline_run_id": existing, "new_run": False, "state": fingerprint, "headlines": headlines}
     tags = {**pipeline_tags(state), "mlflow.note.content": stage_links_note(mlflow_client, state)}
-    with tracking.stage_run("report", state.params, experiment, "pipeline", tags) as run:
+    with tracking.stage_run("report", state.params, replace(settings, experiment=experiment), "pipeline",
+                            tags) as run:
         _, headlines = write_outputs(state, run.run_id)
         run.log_metrics({**all_stage_metrics(state.stage_metrics), **headlines})
         for artifact in (paths.SUMMARY_MD, paths.DASHBOARD_HTML, Path("dvc.lock"), Path("params.yaml")):

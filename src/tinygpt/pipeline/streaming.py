@@ -60,9 +60,18 @@ def check_vocabulary(model: GPT, directory: Path) -> None:
                            f"{tokenizer.N_VOCAB}; `tinygpt generate` encodes and decodes with that tokenizer")
 
 
-def continuation(model: GPT, prompt: str, decoding: Decoding) -> Iterator[str]:
+def check_prompt_fits(ids: list[int], model: GPT, directory: Path) -> None:
+    """A prompt longer than the context would be cut silently, and the model would continue text it never saw."""
+    if len(ids) > model.config.block_size:
+        raise TinyGptError(f"the prompt is {len(ids)} tokens but {directory} reads at most block_size = "
+                           f"{model.config.block_size} tokens; shorten the prompt to its last "
+                           f"{model.config.block_size} tokens or less")
+
+
+def continuation(model: GPT, prompt: str, decoding: Decoding, directory: Path = Path("MODEL")) -> Iterator[str]:
     """The continuation's text, a piece per sampled token (held back while a character is incomplete)."""
     ids = tokenizer.encode(prompt) or [tokenizer.EOT_ID]  # an empty prompt: a fresh document, as GPT-2 saw them
+    check_prompt_fits(ids, model, directory)
     device = model.transformer.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(decoding.seed)
     eot = tokenizer.EOT_ID if decoding.stop_at_eot else None
@@ -80,7 +89,7 @@ def generate(model: str, prompt: str, decoding: Decoding, device: str = "auto", 
     gpt = load_language_model(directory, resolve_device(device))
     check_vocabulary(gpt, directory)
     out = out or sys.stdout
-    for piece in continuation(gpt, prompt, decoding):
+    for piece in continuation(gpt, prompt, decoding, directory):
         out.write(piece)
         out.flush()  # a terminal or pipe shows each token as it arrives, not the whole text at the end
     out.write("\n")

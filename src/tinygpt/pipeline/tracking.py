@@ -2,8 +2,12 @@
 
 The store defaults to a SQLite file at the repository root, addressed by an absolute path, so stages
 that `dvc exp run --temp` or `--queue` execute in a temporary copy still log to the main repository.
-`MLFLOW_TRACKING_URI` overrides it. SQLite allows one writer at a time, so every write retries on
-"database is locked" instead of failing when queued experiments run in parallel.
+`MLFLOW_TRACKING_URI` overrides it (e.g. `http://127.0.0.1:5000` for an `mlflow server`). SQLite allows one
+writer at a time, so every write retries on "database is locked" instead of failing when queued
+experiments run in parallel; the retries a run needed are recorded on it (tag `tinygpt.store_retries`).
+
+A store that cannot be reached stops a stage within seconds, before any work, with the URI in the
+message; with `tracking.required: false` it is a warning instead and the stage runs untracked.
 """
 from __future__ import annotations
 
@@ -12,14 +16,21 @@ import getpass
 import hashlib
 import os
 import random
+import socket
 import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from tinygpt.core.errors import TinyGptError
+from tinygpt.core.io import process_alive
 from tinygpt.pipeline import paths
+from tinygpt.pipeline.params import TrackingParams
 
 STORE_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
@@ -27,7 +38,15 @@ ARTIFACTS_DIR = "mlartifacts"
 # until the user flips its "Model training" switch or the link carries ?workflowType=machine_learning: README.)
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 STEP_FLUSH_EVERY = 200  # buffered step metrics per write; one SQLite transaction per step is slow
+REACH_TIMEOUT_S = 5.0  # a tracking server that does not answer its health check within this is down
+RETRIES_TAG = "tinygpt.store_retries"
+PID_TAG, HOST_TAG = "tinygpt.pid", "tinygpt.host"  # which process writes a run: a dead one's run is KILLED
 T = TypeVar("T")
+store_retries = 0  # retries on a locked store in this process, recorded on each run it logs
+
+
+class TrackingUnavailable(TinyGptError):
+    """The MLflow store cannot be reached or opened; the message names the URI and the ways out."""
 
 
 def repo_root(start: Path | None = None) -> Path:
@@ -50,14 +69,61 @@ def artifact_location() -> str:
 
 def with_retry(action: Callable[[], T], attempts: int = 30) -> T:
     """Run a store write, retrying with jittered backoff while another process holds the SQLite lock."""
+    global store_retries
     for attempt in range(attempts):
         try:
             return action()
         except Exception as err:  # mlflow wraps sqlite's OperationalError in its own exception types
             if "locked" not in str(err).lower() or attempt == attempts - 1:
                 raise
+            store_retries += 1
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+def ways_out(uri: str) -> str:
+    start = "start it (`mlflow server --host 127.0.0.1 --port PORT`) or " if uri.startswith("http") else ""
+    return (f"{start}point MLFLOW_TRACKING_URI at a store that works (unset, it is {STORE_FILE} at the repository "
+            "root), or set tracking.required: false in params.yaml to run without tracking")
+
+
+def check_server(uri: str, timeout_s: float = REACH_TIMEOUT_S) -> None:
+    """TrackingUnavailable unless the MLflow server at `uri` answers its /health check within `timeout_s`.
+
+    MLflow's own client retries a dead server with backoff for minutes; this check fails in seconds."""
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            response.read()
+    except urllib.error.HTTPError as err:
+        raise TrackingUnavailable(f"MLFLOW_TRACKING_URI={uri}: answered HTTP {err.code} to /health, so it is not "
+                                  f"a working MLflow server; {ways_out(uri)}") from err
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise TrackingUnavailable(f"MLFLOW_TRACKING_URI={uri}: the tracking server is unreachable ({reason}); "
+                                  f"{ways_out(uri)}") from err
+
+
+def open_client(required: bool = True):
+    """The store's client, checked before any work; None (after a warning) when it fails and tracking is
+    not required."""
+    uri = tracking_uri()
+    try:
+        if uri.startswith(("http://", "https://")):
+            check_server(uri)
+        try:
+            return client()
+        except TinyGptError:
+            raise
+        except Exception as err:  # a store that will not open: a read-only folder, a corrupt database, ...
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise TrackingUnavailable(f"MLFLOW_TRACKING_URI={uri}: the store cannot be opened ({first}); "
+                                      f"{ways_out(uri)}") from err
+    except TrackingUnavailable as err:
+        if required:
+            raise
+        print(f"warning: {err}. tracking.required is false, so this stage runs without an MLflow run",
+              file=sys.stderr)
+        return None
 
 
 def client():
@@ -232,25 +298,77 @@ class StageRun:
         return {**metrics, "mlflow_run_id": self.run_id}
 
 
+def process_tags() -> dict[str, str]:
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def close_dead_runs(mlflow_client, exp_id: str, stage: str) -> list[str]:
+    """Mark KILLED this stage's runs that still say RUNNING though their process on this host is gone
+    (killed with -9, or the machine went down), so that the UI does not show them running forever."""
+    query = (f"attributes.status = 'RUNNING' and tags.stage = '{stage}' "
+             f"and tags.`{HOST_TAG}` = '{socket.gethostname()}'")
+    found = with_retry(lambda: mlflow_client.search_runs([exp_id], query, max_results=100))
+    dead = [r.info.run_id for r in found if r.data.tags.get(PID_TAG, "").isdigit()
+            and not process_alive(int(r.data.tags[PID_TAG]))]
+    for run_id in dead:
+        with_retry(lambda: mlflow_client.set_terminated(run_id, "KILLED"))
+    return dead
+
+
+class UntrackedRun(StageRun):
+    """A stage run that logs nothing: the store was unreachable and `tracking.required` is false."""
+
+    def __init__(self, stage: str):
+        super().__init__(None, None, stage)
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        pass
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        pass
+
+    def log_dataset(self, path: str | Path, context: str) -> None:
+        pass
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        pass
+
+    def log_dict(self, obj: Any, artifact_file: str) -> None:
+        pass
+
+
 @contextmanager
 def stage_run(
     stage: str,
     params: dict[str, Any],
-    experiment: str,
+    settings: TrackingParams,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     system_metrics: bool = False,
 ) -> Iterator[StageRun]:
-    """Open one MLflow run for a stage: params, tags (stage, source, user) and its status.
+    """Open one MLflow run in `settings.experiment` for a stage: params, tags (stage, source, user) and its
+    status. An unreachable store fails here, before the stage's work (or, with `settings.required` false,
+    yields an UntrackedRun).
 
     The run is also MLflow's active run, so fluent calls (logging a model) land in it; with
     `system_metrics`, MLflow samples CPU and memory use into it every 10 s while the stage runs (the
     interval is MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)."""
     import mlflow
 
-    mlflow_client = client()
-    exp_id = experiment_id(mlflow_client, experiment)
-    all_tags = {"stage": stage, "mlflow.runName": run_name or stage, **source_tags(stage), **(tags or {})}
+    mlflow_client = open_client(settings.required)
+    if mlflow_client is None:
+        yield UntrackedRun(stage)
+        return
+    exp_id = experiment_id(mlflow_client, settings.experiment)
+    close_dead_runs(mlflow_client, exp_id, stage)
+    all_tags = {"stage": stage, "mlflow.runName": run_name or stage, **source_tags(stage), **process_tags(),
+                **(tags or {})}
     if os.environ.get("DVC_EXP_NAME"):
         all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     mlflow_run = with_retry(
@@ -266,4 +384,5 @@ def stage_run(
         run.flush()
         status = "FINISHED"
     finally:
+        with_retry(lambda: run.set_tags({RETRIES_TAG: store_retries}))
         with_retry(lambda: mlflow.end_run(status))

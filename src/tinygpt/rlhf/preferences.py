@@ -187,15 +187,26 @@ def save_atomic(data: DatasetDict, out_dir: Path) -> None:
 
 
 def load_pairs(pairs_dir: Path) -> DatasetDict:
-    return _load(pairs_dir)
+    return _load(pairs_dir, PAIR_FEATURES)
 
 
 def load_prompts(prompts_dir: Path, split: str) -> np.ndarray:
     """The split's prompts as an (n, prompt_len) int64 array."""
-    return np.asarray(_load(prompts_dir)[split]["prompt_ids"], dtype=np.int64)
+    return np.asarray(_load(prompts_dir, PROMPT_FEATURES)[split]["prompt_ids"], dtype=np.int64)
 
 
-def _load(path: Path) -> DatasetDict:
+def _load(path: Path, features: Features) -> DatasetDict:
+    """A saved DatasetDict whose every split has at least `features`' columns, or a PreferenceDataError."""
+    rebuild = "rerun `dvc repro preferences` to write it again"
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: not found; run `dvc repro preferences` to produce it")
-    return load_from_disk(str(path))
+    try:
+        data = load_from_disk(str(path))
+    except (OSError, ValueError) as err:  # missing state/arrow files, a folder that is no dataset
+        raise PreferenceDataError(f"{path}: not a readable dataset ({type(err).__name__}: {err}); {rebuild}") from err
+    for split, table in (data.items() if isinstance(data, DatasetDict) else [("(none)", data)]):
+        missing = [name for name in features if name not in table.column_names]
+        if missing:
+            raise PreferenceDataError(f"{path}: split '{split}' lacks the column(s) {', '.join(missing)} "
+                                      f"(it has {', '.join(table.column_names)}); {rebuild}")
+    return data

@@ -18,14 +18,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from datasets import Dataset
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tinygpt.core import io
 from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode, training_mode
 from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model.gpt import GPT
-from tinygpt.model.weights import HEAD_FILE, load_model, save_model
+from tinygpt.model.weights import HEAD_FILE, ModelFileError, load_model, read_weights, save_model
 
 
 def summary_token(vocab_size: int) -> int:
@@ -227,5 +227,10 @@ def load_reward_model(model_dir: Path, device: str | torch.device = "cpu") -> Re
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; run `dvc repro reward` to produce the reward model")
     model = RewardModel(load_model(model_dir))
-    model.load_state_dict({f"gpt.{k}": v for k, v in model.gpt.state_dict().items()} | load_file(str(path)))
+    head = read_weights(path)  # a truncated or corrupt file is a ModelFileError naming it
+    expected = {"head.weight", "head.bias", "offset", "scale"}
+    if set(head) != expected:
+        raise ModelFileError(f"{path}: holds {sorted(head)}, not a reward head {sorted(expected)}; "
+                             "run `dvc repro reward` to write it again")
+    model.load_state_dict({f"gpt.{k}": v for k, v in model.gpt.state_dict().items()} | head)
     return model.to(device).eval()

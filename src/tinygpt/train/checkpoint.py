@@ -57,6 +57,15 @@ def run_key(material: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def load_failure(err: Exception) -> str:
+    """Why torch.load refused a file, in one line, without torch's advice to retry with weights_only=False
+    (that would run whatever code the file carries)."""
+    text = str(err).strip()
+    if "weights_only" in text:
+        return f"{type(err).__name__}: it holds objects other than tensors, numbers and strings"
+    return f"{type(err).__name__}: {text.splitlines()[0]}" if text else type(err).__name__
+
+
 class CheckpointDir:
     """The checkpoint of one training configuration: written atomically, read back on resume."""
 
@@ -85,7 +94,8 @@ class CheckpointDir:
             state = torch.load(self.file, map_location="cpu", weights_only=True)
         except Exception as err:
             raise TinyGptError(
-                f"{self.file}: cannot be read ({err}); delete {self.path} to train from scratch"
+                f"{self.file}: not a valid training checkpoint ({load_failure(err)}); delete {self.path} "
+                "to restart training from step 0"
             ) from err
         if state.get("key") != self.key:
             raise TinyGptError(f"{self.file}: belongs to another configuration; delete {self.path}")

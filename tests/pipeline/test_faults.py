@@ -1,0 +1,142 @@
+"""Faults during a run, in a copy of the finished tiny project: `kill -9` of the reward and rlhf stages
+mid-run, and a crash between a stage's outputs and its metrics. After each, DVC holds nothing of the
+broken run (dvc.lock, the cache and the run-cache as before; the stage shows as changed), the MLflow run
+is marked KILLED by the next one, and a plain rerun restarts the stage cleanly: its model is byte for byte
+the uninterrupted run's and nothing of the killed one is left on disk."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from support import copy_finished, dvc, set_params
+
+FAULT_INJECTION = Path(__file__).with_name("fault_injection")  # its sitecustomize.py kills on cue
+# Long enough runs that a kill lands mid-training (the tiny defaults finish in a second or two).
+LONGER = {"reward": {"reward": {"epochs": 40}}, "rlhf": {"rlhf": {"steps": 24, "eval_interval": 8}}}
+
+
+def folder_digest(path: Path) -> dict[str, str]:
+    return {f.relative_to(path).as_posix(): hashlib.md5(f.read_bytes()).hexdigest()
+            for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def cache_objects(project: Path) -> set[str]:
+    """Every file in DVC's cache, the run-cache included."""
+    cache = project / ".dvc" / "cache"
+    return {str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()}
+
+
+def running_run(project: Path, stage: str, after_ms: int) -> bool:
+    """Whether the stage's MLflow run (opened before its work starts) is RUNNING in the project's store."""
+    try:
+        with sqlite3.connect(f"file:{project / 'mlflow.db'}?mode=ro", uri=True, timeout=1) as db:
+            rows = db.execute("select r.status from runs r join tags t on t.run_uuid = r.run_uuid "
+                              "where t.key = 'stage' and t.value = ? and r.start_time > ?", (stage, after_ms))
+            return any(status == "RUNNING" for (status,) in rows)
+    except sqlite3.Error:
+        return False
+
+
+def stage_process(dvc_process: psutil.Process, stage: str) -> psutil.Process | None:
+    for child in dvc_process.children(recursive=True):
+        try:
+            if f"stages.{stage}" in " ".join(child.cmdline()):
+                return child
+        except psutil.NoSuchProcess:
+            pass
+    return None
+
+
+def kill_mid_run(project: Path, stage: str, settle_s: float = 3.0) -> subprocess.CompletedProcess:
+    """`dvc repro` the stage and SIGKILL its process `settle_s` after its MLflow run opened (mid-training)."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
+    since_ms = int(time.time() * 1000)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage], cwd=project,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not running_run(project, stage, since_ms):
+        assert proc.poll() is None and time.time() < deadline, f"{stage} ended before it could be killed"
+        time.sleep(0.2)
+    time.sleep(settle_s)
+    victim = stage_process(psutil.Process(proc.pid), stage)
+    assert victim is not None and proc.poll() is None, f"{stage} finished within {settle_s} s: nothing to kill"
+    victim.send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def assert_dvc_took_nothing(project: Path, stage: str, lock_before: str, cache_before: set[str]) -> None:
+    assert (project / "dvc.lock").read_text() == lock_before
+    assert cache_objects(project) == cache_before, "the broken run's outputs reached DVC's cache"
+    assert stage in json.loads(dvc(project, "status", "--json", stage).stdout)  # DVC knows it must rerun
+
+
+def runs_of_stage(project: Path, stage: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tinygpt").experiment_id
+    return client.search_runs([experiment], f"tags.stage = '{stage}'", max_results=100)
+
+
+@pytest.fixture(scope="module")
+def references(finished_project, tmp_path_factory):
+    """Each stage's model from an uninterrupted run with the LONGER settings."""
+    models = {}
+    for stage, settings in LONGER.items():
+        project = copy_finished(finished_project, tmp_path_factory.mktemp(f"reference-{stage}") / "project")
+        set_params(project, **settings)
+        dvc(project, "repro", "--single-item", stage)
+        models[stage] = folder_digest(project / "models" / stage)
+    return models
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["reward", "rlhf"])
+def test_kill_9_mid_run_then_a_rerun_restarts_cleanly(stage, finished_project, references, tmp_path):
+    project = copy_finished(finished_project, tmp_path / "project")
+    set_params(project, **LONGER[stage])
+    lock_before, cache_before = (project / "dvc.lock").read_text(), cache_objects(project)
+
+    killed = kill_mid_run(project, stage)
+    assert killed.returncode != 0 and "Traceback" not in killed.stderr, killed.stderr
+    assert not (project / "metrics" / f"{stage}.json").exists()
+    assert_dvc_took_nothing(project, stage, lock_before, cache_before)
+
+    dvc(project, "repro", "--single-item", stage)
+    assert folder_digest(project / "models" / stage) == references[stage]
+    assert not list(project.glob(f"models/.{stage}.*"))  # the killed run's temp folder went with the rerun
+    assert "up to date" in dvc(project, "status", stage).stdout
+    statuses = sorted(r.info.status for r in runs_of_stage(project, stage))
+    assert statuses.count("KILLED") == 1 and statuses.count("FINISHED") == 2, statuses  # the fixture's, the rerun
+
+
+@pytest.mark.slow
+def test_a_crash_between_outputs_and_metrics_leaves_nothing_dvc_would_cache(finished_project, tmp_path):
+    project = copy_finished(finished_project, tmp_path / "project")
+    set_params(project, reward={"seed": 7})
+    lock_before, cache_before = (project / "dvc.lock").read_text(), cache_objects(project)
+
+    crashed = dvc(project, "repro", "--single-item", "reward", check=False,
+                  env_vars={"PYTHONPATH": str(FAULT_INJECTION), "TINYGPT_KILL_BEFORE": "metrics/reward.json"})
+    assert crashed.returncode != 0
+    assert (project / "models" / "reward" / "model.safetensors").exists()  # written: the crash came after it
+    assert not (project / "metrics" / "reward.json").exists()
+    assert_dvc_took_nothing(project, "reward", lock_before, cache_before)
+    refused = dvc(project, "commit", "--force", "reward", check=False)  # nor can it be committed by hand
+    assert refused.returncode != 0 and "metrics/reward.json" in refused.stderr, refused.stderr
+    assert cache_objects(project) == cache_before
+
+    dvc(project, "repro", "--single-item", "reward")
+    assert json.loads((project / "metrics" / "reward.json").read_text())["mlflow_run_id"]
+    assert "up to date" in dvc(project, "status", "reward").stdout
