@@ -161,3 +161,23 @@ def tokenize_text(text: str | list[str], **options) -> Tokenized:
     byte_offsets, char_offsets = read_offsets(files.offsets)
     return Tokenized(np.array(read_tokens(files.tokens, summary.dtype)), byte_offsets, char_offsets,
                      read_document_index(files.documents, "tokenize"), summary.characters, summary.bytes, files)
+
+
+def tiny_gpt():
+    """A one-layer GPT with the GPT-2 vocabulary (a Hugging Face export needs the tokenizer's every id)."""
+    import torch
+
+    from tinygpt.model.config import GPTConfig
+    from tinygpt.model.gpt import GPT
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8)).eval()
+
+
+def model_dirs_of(model, root: Path) -> Path:
+    """`model` saved in our format (root/ours) and exported as a Hugging Face directory (root/hf)."""
+    from tinygpt.model import hf, weights
+
+    weights.save_model(model, root / "ours")
+    hf.export_hf_dir(model, root / "hf")
+    return root

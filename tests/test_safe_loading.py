@@ -13,13 +13,12 @@ import shutil
 
 import pytest
 import torch
+from support import model_dirs_of, tiny_gpt
 from safetensors import SafetensorError
 from support import REPO_ROOT
 
 from tinygpt.core.errors import ParamsError, TinyGptError
 from tinygpt.model import hf, weights
-from tinygpt.model.config import GPTConfig
-from tinygpt.model.gpt import GPT
 from tinygpt.model.loading import load_hf_dir, load_language_model
 from tinygpt.train.checkpoint import CheckpointDir
 
@@ -195,18 +194,9 @@ def test_the_bomb_is_live(tmp_path, kind):
     assert (tmp_path / "marker").exists()
 
 
-def tiny_gpt() -> GPT:
-    torch.manual_seed(0)  # the GPT-2 vocabulary: a Hugging Face export needs the tokenizer's every id
-    return GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8)).eval()
-
-
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    model = tiny_gpt()
-    weights.save_model(model, root / "ours")
-    hf.export_hf_dir(model, root / "hf")
-    return root
+    return model_dirs_of(tiny_gpt(), tmp_path_factory.mktemp("models"))
 
 
 def copy_of(model_dirs, kind: str, tmp_path):

@@ -3,28 +3,18 @@ import json
 
 import pytest
 import torch
+from support import model_dirs_of, tiny_gpt
 
 from tinygpt.core.errors import TinyGptError
-from tinygpt.model import hf, weights
-from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.model.loading import load_language_model, model_format
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def tiny_gpt() -> GPT:
-    torch.manual_seed(0)  # the GPT-2 vocabulary: a Hugging Face export needs the tokenizer's every id
-    return GPT(GPTConfig(vocab_size=50257, block_size=16, n_layer=1, n_head=2, n_embd=8)).eval()
-
-
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    model = tiny_gpt()
-    weights.save_model(model, root / "ours")
-    hf.export_hf_dir(model, root / "hf")
-    return root
+    return model_dirs_of(tiny_gpt(), tmp_path_factory.mktemp("models"))
 
 
 def logits(model: GPT) -> torch.Tensor:
