@@ -2,14 +2,12 @@
 leaves in MLflow, the run-cache, `--temp` and `--queue` experiments, and DVC's plots and metrics."""
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import subprocess
 import time
 
 import pytest
-from support import dvc, set_params
+from support import dvc
 
 from tinygpt.pipeline import params, report
 

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,8 +19,8 @@ import pytest
 from support import copy_finished, dvc, set_params
 
 FAULT_INJECTION = Path(__file__).with_name("fault_injection")  # its sitecustomize.py kills on cue
-# Long enough runs that a kill lands mid-training (the tiny defaults finish in a second or two).
-LONGER = {"reward": {"reward": {"epochs": 40}}, "rlhf": {"rlhf": {"steps": 24, "eval_interval": 8}}}
+# Runs with steps past HOLD_AT_STEP (the tiny defaults have one or two) and, for rlhf, evaluations before it.
+LONGER = {"reward": {"reward": {"epochs": 4}}, "rlhf": {"rlhf": {"steps": 6, "eval_interval": 2}}}
 
 
 def folder_digest(path: Path) -> dict[str, str]:
@@ -35,41 +34,24 @@ def cache_objects(project: Path) -> set[str]:
     return {str(p.relative_to(cache)) for p in cache.rglob("*") if p.is_file()}
 
 
-def running_run(project: Path, stage: str, after_ms: int) -> bool:
-    """Whether the stage's MLflow run (opened before its work starts) is RUNNING in the project's store."""
-    try:
-        with sqlite3.connect(f"file:{project / 'mlflow.db'}?mode=ro", uri=True, timeout=1) as db:
-            rows = db.execute("select r.status from runs r join tags t on t.run_uuid = r.run_uuid "
-                              "where t.key = 'stage' and t.value = ? and r.start_time > ?", (stage, after_ms))
-            return any(status == "RUNNING" for (status,) in rows)
-    except sqlite3.Error:
-        return False
+HOLD_AT_STEP = 2  # the training step after which the stage waits for its SIGKILL
 
 
-def stage_process(dvc_process: psutil.Process, stage: str) -> psutil.Process | None:
-    for child in dvc_process.children(recursive=True):
-        try:
-            if f"stages.{stage}" in " ".join(child.cmdline()):
-                return child
-        except psutil.NoSuchProcess:
-            pass
-    return None
-
-
-def kill_mid_run(project: Path, stage: str, settle_s: float = 3.0) -> subprocess.CompletedProcess:
-    """`dvc repro` the stage and SIGKILL its process `settle_s` after its MLflow run opened (mid-training)."""
+def kill_mid_run(project: Path, stage: str) -> subprocess.CompletedProcess:
+    """`dvc repro` the stage and SIGKILL its process mid-training: the fault injection holds it after
+    training step HOLD_AT_STEP and names its pid in a marker file."""
+    marker = project.parent / f"{stage}.holding"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]
-    since_ms = int(time.time() * 1000)
+    env.update(PATH=str(Path(sys.executable).parent) + os.pathsep + env["PATH"], PYTHONPATH=str(FAULT_INJECTION),
+               TINYGPT_HOLD_AT_STEP=str(HOLD_AT_STEP), TINYGPT_HOLD_MARKER=str(marker))
     proc = subprocess.Popen([str(Path(sys.executable).parent / "dvc"), "repro", "--single-item", stage], cwd=project,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not running_run(project, stage, since_ms):
-        assert proc.poll() is None and time.time() < deadline, f"{stage} ended before it could be killed"
+    while not marker.exists() or not marker.read_text():
+        assert proc.poll() is None and time.time() < deadline, f"{stage} ended before step {HOLD_AT_STEP}"
         time.sleep(0.2)
-    time.sleep(settle_s)
-    victim = stage_process(psutil.Process(proc.pid), stage)
-    assert victim is not None and proc.poll() is None, f"{stage} finished within {settle_s} s: nothing to kill"
+    victim = psutil.Process(int(marker.read_text()))
+    assert f"stages.{stage}" in " ".join(victim.cmdline()), victim.cmdline()
     victim.send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
