@@ -181,3 +181,26 @@ def model_dirs_of(model, root: Path) -> Path:
     weights.save_model(model, root / "ours")
     hf.export_hf_dir(model, root / "hf")
     return root
+
+
+def fake_hub_repo(cache: Path, repo_id: str, files: dict[str, bytes], repo_type: str = "model",
+                  lfs: tuple[str, ...] = (".safetensors", ".parquet")) -> Path:
+    """A repo laid out in a Hugging Face cache as huggingface_hub leaves it after a download: each file
+    as blobs/<its sha256 (LFS files) or git blob sha1>, linked from snapshots/<commit>/, refs/main naming
+    the commit. Returns the snapshot folder."""
+    repo_dir = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    commit = hashlib.sha1(repo_id.encode()).hexdigest()
+    snapshot = repo_dir / "snapshots" / commit
+    (repo_dir / "blobs").mkdir(parents=True)
+    (repo_dir / "refs").mkdir()
+    (repo_dir / "refs" / "main").write_text(commit)
+    for name, content in files.items():
+        if name.endswith(lfs):
+            blob = hashlib.sha256(content).hexdigest()
+        else:
+            blob = hashlib.sha1(f"blob {len(content)}\0".encode() + content).hexdigest()
+        (repo_dir / "blobs" / blob).write_bytes(content)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(repo_dir / "blobs" / blob, link.parent))
+    return snapshot

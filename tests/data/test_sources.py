@@ -106,6 +106,23 @@ def test_an_unknown_hub_id_fails_clearly(tmp_path, corpus_dir, monkeypatch):
         fetch(tmp_path, source="hf", hf_path="nobody/no-such-dataset")
 
 
+def test_a_hub_dataset_whose_cached_files_fail_their_hash_is_refused(tmp_path, corpus_dir, monkeypatch):
+    """load_dataset of a hub id (stubbed: no hub here) is followed by re-hashing the repo's cached files."""
+    import huggingface_hub.constants
+    from support import fake_hub_repo
+
+    cache = tmp_path / "hub"
+    snapshot = fake_hub_repo(cache, "org/rows", {"data/train.parquet": b"PAR1 rows"}, repo_type="dataset")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(datasets, "load_dataset",
+                        lambda *args, **kwargs: datasets.Dataset.from_dict({"text": ["alpha\n", "beta\n"]}))
+    summary, text, index = fetch(tmp_path, source="hf", hf_path="org/rows")
+    assert text == b"alpha\nbeta\n"
+    (snapshot / "data/train.parquet").resolve().write_bytes(b"PAR1 swapped")
+    with pytest.raises(CorpusSourceError, match="data.hf_path = 'org/rows': .*data/train.parquet .*download again"):
+        fetch(tmp_path, source="hf", hf_path="org/rows")
+
+
 def test_the_url_source_is_one_document(tmp_path, shakespeare_path):
     summary, text, index = fetch(tmp_path, url=str(shakespeare_path), mirrors=[])
     assert index.tolist() == [0, len(text)] and summary.documents == 1 and summary.source == str(shakespeare_path)

@@ -193,3 +193,28 @@ def test_load_pretrained_unavailable(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(hf.PretrainedUnavailable, match="OSError"):
         hf.load_pretrained(str(tmp_path / "empty"))
+
+
+def test_load_pretrained_by_hub_id_rehashes_the_cache(tmp_path, monkeypatch):
+    """A hub id served from the Hugging Face cache (offline) loads; after one byte of its weights blob
+    changes, the load is refused with HubCacheCorrupt instead of running on damaged weights."""
+    import huggingface_hub.constants
+    from support import fake_hub_repo
+
+    from tinygpt.core.hub_integrity import HubCacheCorrupt
+
+    saved = tmp_path / "saved"
+    tiny_hf().save_pretrained(str(saved))
+    cache = tmp_path / "hub"
+    snapshot = fake_hub_repo(cache, "tinygpt-tests/tiny", {f.name: f.read_bytes() for f in saved.iterdir()})
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))  # read at call time
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    loaded = hf.load_pretrained("tinygpt-tests/tiny")
+    assert torch.equal(loaded.lm_head.weight, tiny_hf().lm_head.weight)
+
+    blob = (snapshot / "model.safetensors").resolve()
+    content = bytearray(blob.read_bytes())
+    content[-1] ^= 1  # in the last tensor's data: still a loadable safetensors file
+    blob.write_bytes(bytes(content))
+    with pytest.raises(HubCacheCorrupt, match="model.safetensors .*delete .*models--tinygpt-tests--tiny"):
+        hf.load_pretrained("tinygpt-tests/tiny")

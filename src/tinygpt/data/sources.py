@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from tinygpt.core import io
+from tinygpt.core import hub_integrity, io
 from tinygpt.core.errors import TinyGptError
 from tinygpt.data.config import DataParams
 from tinygpt.data.download import download_corpus
@@ -105,11 +105,17 @@ def load_hf_dataset(path: str, config: str | None, split: str, revision: str | N
             return loaded[split]
         return loaded
     try:
-        return datasets.load_dataset(path, name=config, split=split, revision=revision)
+        dataset = datasets.load_dataset(path, name=config, split=split, revision=revision)
     except (FileNotFoundError, ValueError, ConnectionError) as err:
         raise CorpusSourceError(
             f"data.hf_path = {path!r}: could not load the dataset ({type(err).__name__}: {err}); check the hub id, "
             "data.hf_config and data.hf_split, or point data.hf_path at a local dataset folder") from err
+    if not local.exists():  # a hub id: its downloaded files are re-hashed against their blob names
+        try:
+            hub_integrity.verify_cached_repo(path, "dataset")
+        except hub_integrity.HubCacheCorrupt as err:
+            raise CorpusSourceError(f"data.hf_path = {path!r}: {err}") from err
+    return dataset
 
 
 def hf_documents(dataset, column: str, details: dict) -> Iterator[str]:

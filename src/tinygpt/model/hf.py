@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
-from tinygpt.core import io
+from tinygpt.core import hub_integrity, io
 from tinygpt.core.errors import TinyGptError
 from tinygpt.data.tokenizer import EOT_ID, N_VOCAB, bpe_files
 from tinygpt.model.config import GPTConfig
@@ -220,7 +220,8 @@ def load_pretrained(name_or_dir: str, allow_download: bool = True) -> GPT2LMHead
     """A GPT2LMHeadModel (fp32, eval) from a local directory or a hub id, or PretrainedUnavailable.
 
     A hub id is looked up in the local cache first; the network is tried only when the cache misses,
-    downloads are allowed, HF_HUB_OFFLINE is not set and the Hub answers.
+    downloads are allowed, HF_HUB_OFFLINE is not set and the Hub answers. Either way the cached files
+    are then re-hashed (HubCacheCorrupt if one fails).
     """
     path = Path(name_or_dir).expanduser()
     if path.is_dir():
@@ -228,7 +229,7 @@ def load_pretrained(name_or_dir: str, allow_download: bool = True) -> GPT2LMHead
     if looks_like_path(name_or_dir):
         raise PretrainedUnavailable(name_or_dir, f"directory {path} does not exist")
     try:
-        return from_pretrained(name_or_dir, name_or_dir, local_files_only=True)
+        model = from_pretrained(name_or_dir, name_or_dir, local_files_only=True)
     except PretrainedUnavailable as cached_miss:
         if hub_offline():
             raise PretrainedUnavailable(name_or_dir, f"not in the cache and HF_HUB_OFFLINE is set ({cached_miss.reason})")
@@ -237,7 +238,10 @@ def load_pretrained(name_or_dir: str, allow_download: bool = True) -> GPT2LMHead
         unreachable = hub_reachable()
         if unreachable:
             raise PretrainedUnavailable(name_or_dir, f"not in the cache and {unreachable}")
-    return from_pretrained(name_or_dir, name_or_dir, local_files_only=False)
+        model = from_pretrained(name_or_dir, name_or_dir, local_files_only=False)
+    # The load read only safetensors, so nothing ran; a blob that fails its hash is refused here.
+    hub_integrity.verify_cached_repo(name_or_dir, "model")
+    return model
 
 
 def from_pretrained(name: str, source: str | Path, local_files_only: bool) -> GPT2LMHeadModel:
