@@ -1,7 +1,8 @@
 """Stage dpo: Direct Preference Optimization of the pretrained model on the preference pairs, against a
 frozen copy of it; evaluated on both held-out sets like PPO (the reward model only scores the held-out
-continuations, DPO never sees it), the reported step chosen on the selection set.
-In: models/pretrain/, models/reward/, data/preferences/, data/split/val.bin.
+continuations, DPO never sees it; with dpo.pairs: reward_ranked it also ranks the reference's samples of
+the train prompts into the training pairs), the reported step chosen on the selection set.
+In: models/pretrain/, models/reward/, data/preferences/, data/split/train.bin (dpo.ptx_coef), data/split/val.bin.
 Out: models/dpo/, metrics/dpo.json, plots/dpo/, reports/dpo/samples.md."""
 import time
 
@@ -20,6 +21,7 @@ from tinygpt.rlhf.frontier import FrontierTracker
 from tinygpt.rlhf.heldout import EvalTask
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.preferences import load_pairs, load_prompts
+from tinygpt.rlhf.ranked_pairs import reward_ranked_pairs
 from tinygpt.rlhf.reward_model import load_reward_model
 
 
@@ -29,8 +31,11 @@ def main() -> None:
     dpo_params, preferences_params = p.dpo, p.preferences
     flat = params.flatten({"dpo": dpo_params, "heldout": p.heldout, "preferences": preferences_params})
     with tracking.stage_run("dpo", flat, p.tracking, system_metrics=True) as run:
-        run.log_dataset(paths.PREFERENCE_PAIRS, "training")
+        ranked = dpo_params.pairs == "reward_ranked"
+        run.log_dataset(paths.PREFERENCE_PROMPTS if ranked else paths.PREFERENCE_PAIRS, "training")
         run.log_dataset(paths.PREFERENCE_PROMPTS, "evaluation")
+        if dpo_params.ptx_coef > 0:
+            run.log_dataset(paths.TRAIN_BIN, "training")  # DPO-ptx's language-model batches
         device = resolve_device(dpo_params.device)
         precision = resolve_precision(dpo_params.precision, device)
         policy = load_model(paths.PRETRAIN_DIR, device)
@@ -46,9 +51,16 @@ def main() -> None:
         tracker = FrontierTracker(ref, task, run.log_step)
         pairs = load_pairs(paths.PREFERENCE_PAIRS)
         train_start = time.perf_counter()
+        train_pairs = pairs["train"]
+        if ranked:  # the reference's own samples, judged by the reward model (rlhf.ranked_pairs)
+            train_pairs = reward_ranked_pairs(
+                ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), dpo_params.ranked_samples,
+                preferences_params.continuation_tokens, preferences_params.temperature, dpo_params.seed, precision,
+                p.heldout.batch_size, dpo_params.ranked_pairs)
         history = dpo.train_dpo(
-            policy, ref, pairs["train"], dpo_params, precision, on_step=run.log_step,
+            policy, ref, train_pairs, dpo_params, precision, on_step=run.log_step,
             on_eval=lambda step, model: tracker.add(step, model) if step > 0 else None,  # step 0: the reference
+            corpus=read_tokens(paths.TRAIN_BIN) if dpo_params.ptx_coef > 0 else None,
         )
         train_seconds = time.perf_counter() - train_start - tracker.seconds
         save_model(tracker.selected_model, paths.DPO_DIR)
@@ -59,7 +71,8 @@ def main() -> None:
             reference = dpo.all_logprobs(ref, data, 4 * dpo_params.batch_size, precision)
             held_out_pairs[name] = dpo.evaluate_dpo(tracker.selected_model, data, reference, dpo_params.beta,
                                                     4 * dpo_params.batch_size, precision)
-        metrics = {**tracker.metrics(), "pairs": held_out_pairs, "steps": len(history), "precision": precision,
+        metrics = {**tracker.metrics(), "pairs": held_out_pairs, "training_pairs": dpo.pair_summary(train_pairs),
+                   "steps": len(history), "precision": precision,
                    "train_seconds": train_seconds, "eval_seconds": tracker.seconds,
                    "wall_seconds": time.perf_counter() - start}
         registry.log_stage_model("dpo", p.tracking.experiment, paths.DPO_DIR, metrics)

@@ -161,7 +161,8 @@ def test_dpo_learns_the_preference_on_held_out_pairs():
     held_out = dpo.preference_tensors(synthetic_pairs(64, seed=2))
     held_out_ref = dpo.all_logprobs(ref, held_out, 64, "fp32")
     before = dpo.evaluate_dpo(policy, held_out, held_out_ref, 0.5, 64, "fp32")
-    params = DpoParams(beta=0.5, learning_rate=1e-2, epochs=6, batch_size=16, warmup_steps=2)
+    params = DpoParams(pairs="preferences", labels="hard", beta=0.5, learning_rate=1e-2, epochs=6, batch_size=16,
+                       warmup_steps=2)
     history = dpo.train_dpo(policy, ref, synthetic_pairs(128, seed=1), params, "fp32")
     after = dpo.evaluate_dpo(policy, held_out, held_out_ref, 0.5, 64, "fp32")
 
@@ -219,15 +220,72 @@ def test_the_compact_head_gives_the_full_heads_numbers():
     pairs = synthetic_pairs(12, seed=4)
     data = dpo.preference_tensors(pairs)
     loss, _ = dpo.dpo_loss(*dpo.pair_logprobs(policy, data, "fp32"), *dpo.all_logprobs(ref, data, 12, "fp32"), 0.1)
-    history = dpo.train_dpo(policy, ref, pairs, DpoParams(beta=0.1, batch_size=12, max_pairs=0), "fp32")
+    history = dpo.train_dpo(policy, ref, pairs, DpoParams(labels="hard", beta=0.1, batch_size=12, max_pairs=0), "fp32")
     assert history[0]["loss"] == pytest.approx(loss.item(), rel=1e-5) and loss.item() != pytest.approx(math.log(2))
+
+
+def test_soft_labels_stop_the_margin_at_the_reward_difference():
+    """With labels sigmoid(reward difference) the loss is smallest, and its gradient zero, where the margin
+    beta * (log-ratio of chosen - log-ratio of rejected) equals the reward difference; hard labels keep
+    pushing the margin up."""
+    pairs = pairs_of(PROMPTS, CHOSEN, REJECTED).map(
+        lambda row, i: {"chosen_score": [1.5, 0.2, 3.0][i], "rejected_score": [-0.5, 0.0, 1.0][i]},
+        with_indices=True)
+    data = dpo.preference_tensors(pairs, soft_labels=True)
+    assert data.label.tolist() == pytest.approx(torch.sigmoid(torch.tensor([2.0, 0.2, 2.0])).tolist())
+    assert dpo.preference_tensors(pairs).label.tolist() == [1.0, 1.0, 1.0]
+    assert data.rows(torch.tensor([2])).label.tolist() == pytest.approx([data.label[2].item()])
+
+    p, m = 0.8, 0.3  # by hand: -(p log sigmoid(m) + (1 - p) log sigmoid(-m))
+    by_hand = -(p * math.log(1 / (1 + math.exp(-m))) + (1 - p) * math.log(1 / (1 + math.exp(m))))
+    one, _ = dpo.dpo_loss(torch.tensor([m]), torch.zeros(1), torch.zeros(1), torch.zeros(1), 1.0, torch.tensor([p]))
+    assert one.item() == pytest.approx(by_hand)
+
+    beta, ref = 0.5, torch.zeros(3)
+    target = torch.tensor([2.0, 0.2, 2.0]) / beta  # chosen log-ratio that makes the margin the reward gap
+    chosen = target.clone().requires_grad_(True)
+    loss, _ = dpo.dpo_loss(chosen, torch.zeros(3), ref, ref, beta, data.label)
+    loss.backward()
+    assert chosen.grad.abs().max().item() < 1e-6
+    for step in (-0.5, 0.5):  # either way off the target costs more
+        worse, _ = dpo.dpo_loss(target + step, torch.zeros(3), ref, ref, beta, data.label)
+        assert worse.item() > loss.item()
+    hard = target.clone().requires_grad_(True)
+    dpo.dpo_loss(hard, torch.zeros(3), ref, ref, beta)[0].backward()
+    assert (hard.grad < 0).all()  # descent still raises every margin
+
+
+def test_ptx_adds_the_corpus_loss_and_the_biases_scope_moves_only_biases_and_gains():
+    policy, pairs = tiny_gpt(), synthetic_pairs(16, seed=5)
+    corpus = np.random.default_rng(0).integers(0, 50, 400).astype(np.uint16)
+    params = DpoParams(learning_rate=1e-3, batch_size=8, warmup_steps=0, ptx_coef=0.5, ptx_batch_size=2,
+                       trainable="biases")
+    before = {name: w.detach().clone() for name, w in policy.named_parameters()}
+    history = dpo.train_dpo(policy, frozen_copy(policy), pairs, params, "fp32", corpus=corpus)
+    assert len(history) == 2 and all(row["ptx_loss"] > 0 for row in history)
+    assert history[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # the DPO loss alone, logged apart
+    moved = {name for name, w in policy.named_parameters() if not torch.equal(w, before[name])}
+    assert moved and all(name.endswith(".bias") or ".ln_" in name or ".ln_f." in name for name in moved)
+    assert "transformer.h.0.attn.c_attn.bias" in moved and "transformer.h.0.attn.c_attn.weight" not in moved
+    assert "ptx_loss" not in dpo.train_dpo(tiny_gpt(), frozen_copy(tiny_gpt()), pairs, params, "fp32")[0]
 
 
 @pytest.mark.parametrize("key, value", [("beta", 0.0), ("beta", -0.1), ("learning_rate", 0.0), ("epochs", 0),
                                         ("batch_size", 0), ("grad_clip", 0.0), ("warmup_steps", -1),
                                         ("max_pairs", -1), ("eval_interval", -5), ("device", "tpu"),
-                                        ("precision", "fp16")])
+                                        ("precision", "fp16"), ("ptx_coef", -0.1), ("ptx_batch_size", 0),
+                                        ("trainable", "heads"), ("labels", "soft"), ("ranked_pairs", 9),
+                                        ("ranked_pairs", 0)])
 def test_params_reject_bad_values_naming_the_key(key, value):
     DpoParams().validate()
     with pytest.raises(ParamsError, match=rf"dpo\.{key} = "):
         DpoParams(**{key: value}).validate()
+
+
+def test_soft_labels_need_reward_ranked_pairs():
+    """The labelled pairs' scores are the oracle's: soft labels from them would train on the gold score."""
+    DpoParams(pairs="preferences", labels="hard").validate()
+    with pytest.raises(ParamsError, match=r"dpo\.labels = 'reward' is invalid; allowed: hard with dpo\.pairs: preferences"):
+        DpoParams(pairs="preferences", labels="reward").validate()
+    with pytest.raises(ParamsError, match=r"dpo\.ranked_pairs = 3 is invalid; allowed: an integer from 1 to .* = 2"):
+        DpoParams(ranked_samples=4, ranked_pairs=3).validate()

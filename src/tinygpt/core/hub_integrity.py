@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from huggingface_hub.file_download import repo_folder_name
+
 from tinygpt.core.errors import TinyGptError
 
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")
@@ -45,8 +47,9 @@ def cache_dir() -> Path:
 
 
 def repo_cache_dir(repo_id: str, repo_type: str = "model", root: Path | None = None) -> Path:
-    """Where huggingface_hub caches a repo: <cache>/models--org--name (or datasets--…)."""
-    return (root or cache_dir()) / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    """Where huggingface_hub caches a repo: <cache>/models--org--name (or datasets--…), named by
+    huggingface_hub's own rule so the two cannot drift apart."""
+    return (root or cache_dir()) / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
 
 
 def verify_cached_repo(repo_id: str, repo_type: str = "model", root: Path | None = None) -> CacheCheck:

@@ -10,6 +10,10 @@ from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative, one_of,
                                  positive, require, unit_interval)
 
 
+# Which weights a finetuning run moves (tinygpt.rlhf.finetune.restrict_training).
+TRAINABLE_SCOPES = ("blocks", "biases")
+
+
 @dataclass
 class PreferencesParams:
     """params.yaml `preferences`: prompts cut from the text, sampled continuations, pairs labelled by an
@@ -164,16 +168,24 @@ class RlhfParams:
 @dataclass
 class DpoParams:
     """params.yaml `dpo`: Direct Preference Optimization of the pretrained model on the preference pairs,
-    against a frozen copy of it (the reference); no reward model, no sampling."""
+    against a frozen copy of it (the reference); with `pairs: reward_ranked`, on pairs of its own samples
+    that the reward model ranked (tinygpt.rlhf.ranked_pairs)."""
 
+    pairs: str = "reward_ranked"  # preferences: the labelled pairs; reward_ranked: reference samples ranked by the reward model
+    ranked_samples: int = 16  # reward_ranked: continuations per train prompt; the best and the worst form its pair
+    ranked_pairs: int = 8  # reward_ranked: pairs per prompt (best/worst, 2nd best/2nd worst, ...), <= ranked_samples / 2
+    labels: str = "reward"  # hard: chosen always wins (DPO); reward: sigmoid of the reward difference (reward_ranked only)
+    trainable: str = "blocks"  # blocks: all but the embeddings; biases: biases and LayerNorm gains only (BitFit)
     beta: float = 0.2  # strength of the implicit KL to the reference: reward = beta * log(policy / ref)
-    learning_rate: float = 4e-5
+    learning_rate: float = 2e-5
     epochs: int = 1
     batch_size: int = 16  # pairs per step
     warmup_steps: int = 10
     grad_clip: float = 1.0
     max_pairs: int = 0  # train on a seeded subset of this many pairs; 0 = all pairs
-    eval_interval: int = 100  # steps between held-out evaluations; 0 = only at the start and the end
+    ptx_coef: float = 0.1  # weight of the next-token loss on train-split windows (as rlhf.ptx_coef); 0 = off
+    ptx_batch_size: int = 8
+    eval_interval: int = 96  # steps between held-out evaluations; 0 = only at the start and the end
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"
@@ -181,7 +193,19 @@ class DpoParams:
     def validate(self) -> None:
         for key in ("beta", "learning_rate", "epochs", "batch_size", "grad_clip"):
             positive(f"dpo.{key}", getattr(self, key))
-        for key in ("warmup_steps", "max_pairs", "eval_interval"):
+        positive("dpo.ptx_batch_size", self.ptx_batch_size)
+        for key in ("warmup_steps", "max_pairs", "eval_interval", "ptx_coef"):
             non_negative(f"dpo.{key}", getattr(self, key))
+        one_of("dpo.pairs", self.pairs, ("preferences", "reward_ranked"))
+        one_of("dpo.trainable", self.trainable, TRAINABLE_SCOPES)
+        one_of("dpo.labels", self.labels, ("hard", "reward"))
+        require(self.labels == "hard" or self.pairs == "reward_ranked", "dpo.labels",
+                "hard with dpo.pairs: preferences (soft labels come from the reward model's scores, and the "
+                "labelled pairs' scores are the oracle's)", self.labels)
+        require(self.ranked_samples >= 2, "dpo.ranked_samples", "an integer >= 2 (a best and a worst)",
+                self.ranked_samples)
+        require(1 <= self.ranked_pairs <= self.ranked_samples // 2, "dpo.ranked_pairs",
+                f"an integer from 1 to dpo.ranked_samples / 2 = {self.ranked_samples // 2} (no sample in two pairs)",
+                self.ranked_pairs)
         one_of("dpo.device", self.device, DEVICES)
         one_of("dpo.precision", self.precision, PRECISIONS)

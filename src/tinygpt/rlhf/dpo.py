@@ -24,10 +24,11 @@ from datasets import Dataset
 from tinygpt.core.device import autocast
 from tinygpt.core.errors import TinyGptError
 from tinygpt.core.modes import eval_mode
+from tinygpt.data.batches import RandomWindows
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import FullHead, output_head
 from tinygpt.rlhf.config import DpoParams
-from tinygpt.rlhf.finetune import freeze_embeddings
+from tinygpt.rlhf.finetune import ptx_loss, restrict_training
 from tinygpt.rlhf.reward_model import lr_factor, pad_sequences
 from tinygpt.rlhf.rollout import action_hidden
 
@@ -45,17 +46,22 @@ class PreferenceTensors:
     chosen_mask: torch.Tensor  # (n, width - prompt_len) 1.0 on the continuation's own tokens
     rejected_mask: torch.Tensor
     prompt_len: int
+    label: torch.Tensor  # (n,) probability that chosen is preferred: 1.0, or the reward model's (soft labels)
 
     def __len__(self) -> int:
         return self.chosen.size(0)
 
     def rows(self, index: torch.Tensor) -> "PreferenceTensors":
         return PreferenceTensors(self.chosen[index], self.rejected[index], self.chosen_mask[index],
-                                 self.rejected_mask[index], self.prompt_len)
+                                 self.rejected_mask[index], self.prompt_len, self.label[index])
 
 
-def preference_tensors(pairs: Dataset, device: torch.device | str = "cpu") -> PreferenceTensors:
-    """The pairs' ids (columns prompt_ids, chosen_ids, rejected_ids) as padded tensors and masks."""
+def preference_tensors(
+    pairs: Dataset, device: torch.device | str = "cpu", soft_labels: bool = False
+) -> PreferenceTensors:
+    """The pairs' ids (columns prompt_ids, chosen_ids, rejected_ids) as padded tensors and masks, and their
+    labels: 1.0 (chosen is preferred), or with `soft_labels` sigmoid(chosen_score - rejected_score), the
+    Bradley-Terry probability of the scores (reward-ranked pairs, whose scores are normalised rewards)."""
     prompts = pairs["prompt_ids"]
     prompt_len = prompt_length(prompts)
     chosen = [p + c for p, c in zip(prompts, pairs["chosen_ids"])]
@@ -63,7 +69,11 @@ def preference_tensors(pairs: Dataset, device: torch.device | str = "cpu") -> Pr
     ids, last = pad_sequences(chosen + rejected, device)  # one call: chosen and rejected get the same width
     mask = continuation_mask(last, prompt_len, ids.size(1))
     n = len(prompts)
-    return PreferenceTensors(ids[:n], ids[n:], mask[:n], mask[n:], prompt_len)
+    label = torch.ones(n, device=ids.device)
+    if soft_labels:
+        margin = torch.tensor(pairs["chosen_score"]) - torch.tensor(pairs["rejected_score"])
+        label = torch.sigmoid(margin).float().to(ids.device)
+    return PreferenceTensors(ids[:n], ids[n:], mask[:n], mask[n:], prompt_len, label)
 
 
 def prompt_length(prompts: list[list[int]]) -> int:
@@ -124,13 +134,23 @@ def all_logprobs(
 
 def dpo_loss(
     policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-    ref_rejected: torch.Tensor, beta: float,
+    ref_rejected: torch.Tensor, beta: float, label: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The mean DPO loss over the pairs, and the implicit rewards' accuracy, margin and means."""
+    """The mean DPO loss over the pairs, and the implicit rewards' accuracy, margin and means.
+
+    With `label` p < 1 (per pair) the loss is the cross-entropy against p, as in conservative DPO's label
+    smoothing (Mitchell 2023), here with each pair's own p. Hard labels drive the margin up without end;
+    soft ones stop it where sigmoid(margin) = p, i.e. where beta * log(policy / reference) differs between
+    the two continuations by their reward difference: the optimum of PPO's objective E[reward] - beta * KL,
+    pair by pair (reward-model distillation, Fisch et al. 2024).
+    """
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)
     margin = chosen_reward - rejected_reward
-    loss = -F.logsigmoid(margin).mean()
+    if label is None:
+        loss = -F.logsigmoid(margin).mean()
+    else:
+        loss = -(label * F.logsigmoid(margin) + (1 - label) * F.logsigmoid(-margin)).mean()
     stats = {
         "accuracy": (margin > 0).float().mean(),
         "margin": margin.mean(),
@@ -148,6 +168,13 @@ def evaluate_dpo(
     reference's all_logprobs of the same pairs."""
     loss, stats = dpo_loss(*all_logprobs(policy, data, batch_size, precision), *reference, beta)
     return {"loss": loss.item(), **stats}
+
+
+def pair_summary(pairs: Dataset) -> dict[str, float]:
+    """How many pairs DPO trained on and their mean scores (the oracle's for labelled pairs, the reward
+    model's for reward-ranked ones)."""
+    return {"pairs": len(pairs), "chosen_score_mean": float(np.mean(pairs["chosen_score"])),
+            "rejected_score_mean": float(np.mean(pairs["rejected_score"]))}
 
 
 def subset(pairs: Dataset, max_pairs: int, seed: int) -> Dataset:
@@ -175,9 +202,11 @@ def pair_batches(n_pairs: int, batch_size: int, epochs: int, seed: int) -> Itera
 def train_dpo(
     policy: GPT, ref: GPT, pairs: Dataset, dpo_params: DpoParams, precision: str,
     on_step: Callable[[int, dict], None] = lambda step, stats: None,
-    on_eval: Callable[[int, GPT], None] | None = None,
+    on_eval: Callable[[int, GPT], None] | None = None, corpus: np.ndarray | None = None,
 ) -> list[dict]:
     """`dpo_params.epochs` shuffled passes of DPO over the pairs; returns one row of stats per step.
+    With `corpus` (train-split tokens) and dpo_params.ptx_coef > 0, every step also fits the corpus, as
+    PPO-ptx does (finetune.ptx_loss).
 
     Only the transformer blocks and the final LayerNorm train (see dpo_optimizer). The policy stays in
     eval mode: dropout would make the policy's log-probs noisy where the reference's are not, and the
@@ -188,13 +217,18 @@ def train_dpo(
     rows (a model pretrained over the training vocabulary): the same numbers as the full head, less work.
     """
     device = next(policy.parameters()).device
-    data = preference_tensors(subset(pairs, dpo_params.max_pairs, dpo_params.seed), device)
-    optimizer = dpo_optimizer(policy, dpo_params.learning_rate)  # freezes the embedding the head copies
+    data = preference_tensors(subset(pairs, dpo_params.max_pairs, dpo_params.seed), device,
+                              soft_labels=dpo_params.labels == "reward")
+    # freezes at least the embedding the compact head copies
+    optimizer = dpo_optimizer(policy, dpo_params.learning_rate, dpo_params.trainable)
     head = output_head(policy, compact=True)
     reference = all_logprobs(ref, data, dpo_params.batch_size, precision, output_head(ref, compact=True))
     total = dpo_params.epochs * math.ceil(len(data) / dpo_params.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, dpo_params.warmup_steps, total))
     evals = eval_steps(total, dpo_params.eval_interval)
+    pretrain = None
+    if corpus is not None and dpo_params.ptx_coef > 0:
+        pretrain = RandomWindows(corpus, policy.config.block_size, dpo_params.ptx_batch_size, dpo_params.seed)
     history = []
     with eval_mode(policy):
         for step, (epoch, index) in enumerate(pair_batches(len(data), dpo_params.batch_size, dpo_params.epochs,
@@ -204,7 +238,8 @@ def train_dpo(
             index = index.to(device)
             row = {"step": step, "epoch": epoch, "lr": schedule.get_last_lr()[0]}
             batch_reference = (reference[0][index], reference[1][index])
-            row.update(dpo_step(policy, optimizer, data.rows(index), batch_reference, dpo_params, precision, head))
+            row.update(dpo_step(policy, optimizer, data.rows(index), batch_reference, dpo_params, precision, head,
+                                pretrain))
             schedule.step()
             history.append(row)
             on_step(step, row)
@@ -213,15 +248,16 @@ def train_dpo(
     return history
 
 
-def dpo_optimizer(policy: GPT, learning_rate: float) -> torch.optim.Adam:
-    """Adam over the policy without its token and position embeddings (which it freezes).
+def dpo_optimizer(policy: GPT, learning_rate: float, trainable: str = "blocks") -> torch.optim.Adam:
+    """Adam over the policy without its token and position embeddings (which it freezes), and with
+    `trainable: biases` over its biases and LayerNorm gains only (finetune.restrict_training).
 
     The token embedding is also the LM head: a DPO step on it moves the logit of every one of the 50k
     tokens, most of which no pair contains, and Adam's per-weight normalisation makes those rare-token
     updates as large as the common ones. Freezing it keeps the output vocabulary the language model
-    learned, and DPO trains the same weights as PPO (finetune.freeze_embeddings), so the two compare.
+    learned, and DPO trains the same weights as PPO (finetune.restrict_training), so the two compare.
     """
-    freeze_embeddings(policy)
+    restrict_training(policy, trainable)
     trained = [w for w in policy.parameters() if w.requires_grad]
     device = trained[0].device
     return torch.optim.Adam(trained, lr=learning_rate, fused=device.type in ("cpu", "cuda"))
@@ -230,12 +266,19 @@ def dpo_optimizer(policy: GPT, learning_rate: float) -> torch.optim.Adam:
 def dpo_step(
     policy: GPT, optimizer: torch.optim.Optimizer, batch: PreferenceTensors,
     reference: tuple[torch.Tensor, torch.Tensor], dpo_params: DpoParams, precision: str, head: FullHead,
+    pretrain: RandomWindows | None = None,
 ) -> dict[str, float]:
-    """One optimizer step on the DPO loss of one batch of pairs: the loss, its stats and the gradient norm."""
+    """One optimizer step on the DPO loss of one batch of pairs (plus ptx_coef times the corpus loss when
+    `pretrain` is given): the DPO loss, its stats, the corpus loss and the gradient norm."""
     chosen, rejected = pair_logprobs(policy, batch, precision, head)
-    loss, stats = dpo_loss(chosen, rejected, *reference, dpo_params.beta)
+    loss, stats = dpo_loss(chosen, rejected, *reference, dpo_params.beta, batch.label)
+    total = loss
+    if pretrain is not None:
+        lm_loss = ptx_loss(policy, pretrain, precision, head)
+        stats["ptx_loss"] = lm_loss.item()
+        total = loss + dpo_params.ptx_coef * lm_loss
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    total.backward()
     trained = [w for group in optimizer.param_groups for w in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(trained, dpo_params.grad_clip)
     optimizer.step()

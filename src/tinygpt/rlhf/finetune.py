@@ -56,6 +56,23 @@ def freeze_embeddings(model: GPT) -> None:
     model.transformer.wpe.requires_grad_(False)
 
 
+def restrict_training(model: GPT, scope: str) -> None:
+    """Choose which weights a finetuning run may move.
+
+    blocks: every weight of the transformer blocks and the final LayerNorm (the embeddings stay frozen).
+    biases: only the biases and LayerNorm gains, about 10k of the default model's weights (BitFit, Ben Zaken
+    et al. 2022). A bias shifts the same direction for every context, so the policy can learn "more of
+    what the reward likes" everywhere, but has no room to move the many next-token choices the reward
+    never looks at, which is where a full update spends KL and perplexity.
+    """
+    freeze_embeddings(model)
+    if scope == "biases":
+        for name, param in model.named_parameters():
+            is_gain = ".ln_" in name or name.startswith("transformer.ln_f")
+            if not (name.endswith(".bias") or is_gain):
+                param.requires_grad_(False)
+
+
 def frozen_copy(model: GPT) -> GPT:
     """The reference model: a copy of the initial policy that never trains."""
     ref = copy.deepcopy(model).eval()

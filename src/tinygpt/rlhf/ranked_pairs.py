@@ -1,0 +1,80 @@
+"""On-policy preference pairs for DPO: continuations sampled from the reference, ranked by the reward model.
+
+The preference pairs of the preferences stage are what a labeller saw; DPO on them learns the labeller's
+preferences, but nothing makes it spend its KL where the reward model (PPO's target, best-of-n's judge)
+sees a difference. Here each train prompt gets `samples` continuations from the reference itself, and the
+one the reward model scores highest is chosen over the one it scores lowest (and optionally the second
+best over the second worst, and so on) (RSO, Liu et al. 2024; the
+online-DPO recipes of Xiong et al. 2024 rank the same way). The oracle is never consulted: the only
+judge is the reward model, as for PPO, so the two compare.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from datasets import Dataset
+
+from tinygpt.core.device import autocast
+from tinygpt.core.modes import eval_mode
+from tinygpt.data.tokenizer import decode
+from tinygpt.model.gpt import GPT
+from tinygpt.model.heads import output_head
+from tinygpt.rlhf.preferences import PAIR_FEATURES
+from tinygpt.rlhf.reward_model import RewardModel
+from tinygpt.rlhf.rollout import sample
+
+
+@torch.no_grad()
+def sample_and_score(
+    reference: GPT, reward_model: RewardModel, prompt_ids: np.ndarray, samples: int, max_new_tokens: int,
+    temperature: float, seed: int, precision: str, batch_size: int,
+) -> tuple[list[list[int]], np.ndarray]:
+    """`samples` reference continuations per prompt (prompt-major, seeded) and their normalised rewards
+    (prompts, samples)."""
+    device = next(reference.parameters()).device
+    generator = torch.Generator(device).manual_seed(seed)
+    head = output_head(reference, compact=True)
+    prompts = torch.as_tensor(prompt_ids, device=device).repeat_interleave(samples, dim=0)
+    ids, rewards = [], []
+    with eval_mode(reference):
+        for chunk in prompts.split(batch_size):
+            rollout = sample(reference, chunk, max_new_tokens, temperature, generator, precision, head)
+            with autocast(device, precision):
+                rewards.append(reward_model(rollout.sequences, rollout.last_index).float().cpu())
+            ids += rollout.response_ids()
+    return ids, torch.cat(rewards).numpy().reshape(len(prompt_ids), samples)
+
+
+def ranked_pairs(prompt_ids: np.ndarray, ids: list[list[int]], rewards: np.ndarray, pairs_per_prompt: int = 1) -> Dataset:
+    """Pairs of each prompt's samples by reward rank: the best over the worst, the second best over the
+    second worst, and so on, `pairs_per_prompt` of them (at most samples // 2, so no sample is in two
+    pairs). One pair per prompt shows DPO only the extremes; samples // 2 pairs pin down where every sample
+    should move, which with soft labels (dpo.labels: reward) leaves the policy less room to drift. A pair
+    whose two samples score the same is dropped. Scores are the rewards, not an oracle's."""
+    samples = rewards.shape[1]
+    rows: dict[str, list] = {name: [] for name in PAIR_FEATURES}
+    for p, prompt in enumerate(prompt_ids.tolist()):
+        order = np.argsort(-rewards[p], kind="stable")
+        for rank in range(min(pairs_per_prompt, samples // 2)):
+            best, worst = int(order[rank]), int(order[-1 - rank])
+            if rewards[p, best] == rewards[p, worst]:
+                continue
+            chosen, rejected = ids[p * samples + best], ids[p * samples + worst]
+            for column, value in (
+                ("prompt", decode(prompt)), ("prompt_ids", prompt),
+                ("chosen", decode(chosen)), ("chosen_ids", chosen), ("chosen_score", float(rewards[p, best])),
+                ("rejected", decode(rejected)), ("rejected_ids", rejected),
+                ("rejected_score", float(rewards[p, worst])),
+            ):
+                rows[column].append(value)
+    return Dataset.from_dict(rows, features=PAIR_FEATURES)
+
+
+def reward_ranked_pairs(
+    reference: GPT, reward_model: RewardModel, prompt_ids: np.ndarray, samples: int, max_new_tokens: int,
+    temperature: float, seed: int, precision: str, batch_size: int, pairs_per_prompt: int = 1,
+) -> Dataset:
+    """DPO's training pairs drawn from the reference and judged by the reward model (see the module)."""
+    ids, rewards = sample_and_score(reference, reward_model, prompt_ids, samples, max_new_tokens, temperature,
+                                    seed, precision, batch_size)
+    return ranked_pairs(prompt_ids, ids, rewards, pairs_per_prompt)

@@ -1,0 +1,67 @@
+"""Reward-ranked pairs for DPO: per prompt the reward model's best reference sample over its worst (and
+the next ranks inwards), seeded, ties dropped, in the pair layout DPO reads."""
+import numpy as np
+import pytest
+import torch
+
+from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
+from tinygpt.rlhf import dpo
+from tinygpt.rlhf import reward_model as rm
+from tinygpt.rlhf.ranked_pairs import (ranked_pairs, reward_ranked_pairs,
+                                       sample_and_score)
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def tiny_models():
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=1024, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    reward_model = rm.RewardModel(GPT(config)).eval()
+    torch.nn.init.normal_(reward_model.head.weight)  # a zero head (the untrained start) ties every sample
+    return GPT(config).eval(), reward_model
+
+
+def test_ranked_pairs_pick_by_reward_and_drop_ties():
+    prompts = np.array([[1, 2], [3, 4], [5, 6]])
+    ids = [[10], [11], [12], [20], [21], [22], [30], [31], [32]]
+    rewards = np.array([[0.1, 0.9, -0.5], [0.0, 0.0, 0.0], [2.0, 1.0, 3.0]])
+    pairs = ranked_pairs(prompts, ids, rewards)
+    assert pairs["prompt_ids"] == [[1, 2], [5, 6]]  # the second prompt's samples all tie
+    assert pairs["chosen_ids"] == [[11], [32]] and pairs["rejected_ids"] == [[12], [31]]
+    assert pairs["chosen_score"] == pytest.approx([0.9, 3.0]) and pairs["rejected_score"] == pytest.approx([-0.5, 1.0])
+    assert ranked_pairs(prompts, ids, rewards, pairs_per_prompt=5)["chosen_ids"] == [[11], [32]]  # 3 // 2 = 1
+
+
+def test_more_pairs_per_prompt_go_inwards_by_rank_and_use_each_sample_once():
+    prompts = np.array([[1, 2], [3, 4]])
+    ids = [[10 + i] for i in range(6)] + [[20 + i] for i in range(6)]
+    rewards = np.array([[0.5, -1.0, 2.0, 0.0, 1.0, -2.0],  # ranks: 2, 4, 0, 3, 1, 5
+                        [1.0, 1.0, 1.0, 1.0, 3.0, -3.0]])  # the inner ranks tie
+    pairs = ranked_pairs(prompts, ids, rewards, pairs_per_prompt=3)
+    assert pairs["chosen_ids"] == [[12], [14], [10], [24]] and pairs["rejected_ids"] == [[15], [11], [13], [25]]
+    assert all(c > r for c, r in zip(pairs["chosen_score"], pairs["rejected_score"]))
+    first = pairs.filter(lambda row: row["prompt_ids"] == [1, 2])
+    assert len(set(map(tuple, list(first["chosen_ids"]) + list(first["rejected_ids"])))) == 6
+
+
+def test_reward_ranked_pairs_are_seeded_and_ranked_by_the_reward_model():
+    reference, reward_model = tiny_models()
+    prompts = np.random.default_rng(0).integers(0, 1024, (6, 4))
+    args = (reference, reward_model, prompts, 4, 6, 1.0)
+    ids, rewards = sample_and_score(*args, seed=3, precision="fp32", batch_size=5)  # batches cut across prompts
+    assert rewards.shape == (6, 4) and len(ids) == 24
+    pairs = reward_ranked_pairs(*args, seed=3, precision="fp32", batch_size=5)
+    again = reward_ranked_pairs(*args, seed=3, precision="fp32", batch_size=5)
+    other = reward_ranked_pairs(*args, seed=4, precision="fp32", batch_size=5)
+    assert pairs["chosen_ids"] == again["chosen_ids"] and pairs["rejected_ids"] == again["rejected_ids"]
+    assert pairs["chosen_ids"] != other["chosen_ids"]
+    assert len(pairs) == 6 and all(c > r for c, r in zip(pairs["chosen_score"], pairs["rejected_score"]))
+    assert pairs["chosen_score"] == pytest.approx(rewards.max(axis=1).tolist())
+    two = reward_ranked_pairs(*args, seed=3, precision="fp32", batch_size=5, pairs_per_prompt=2)
+    assert len(two) == 12 and two.select(range(0, 12, 2))["chosen_ids"] == pairs["chosen_ids"]
+    # DPO reads them: one prompt length, masks over each continuation's own ids
+    data = dpo.preference_tensors(pairs)
+    assert data.prompt_len == 4 and data.chosen_mask.sum(dim=1).tolist() == [len(c) for c in pairs["chosen_ids"]]
+    summary = dpo.pair_summary(pairs)
+    assert summary["pairs"] == 6 and summary["chosen_score_mean"] > summary["rejected_score_mean"]
