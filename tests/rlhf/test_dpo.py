@@ -207,6 +207,30 @@ def eval_calls(pairs: Dataset, params: DpoParams) -> list[int]:
     return steps
 
 
+def test_rounds_draw_their_pairs_from_the_policy_as_trained_so_far_under_one_schedule():
+    policy = tiny_gpt()
+    ref = frozen_copy(policy)
+    drawn = []
+
+    def draw(round_index, model):
+        moved = not torch.equal(model.transformer.h[0].attn.c_attn.weight, ref.transformer.h[0].attn.c_attn.weight)
+        drawn.append((round_index, model is policy, moved))
+        return synthetic_pairs(8, seed=10 + round_index)
+
+    evals = []
+    params = DpoParams(labels="hard", rounds=3, learning_rate=1e-3, batch_size=4, warmup_steps=0, eval_interval=4)
+    history = dpo.train_dpo(policy, ref, draw, params, "fp32", on_eval=lambda step, model: evals.append(step))
+    assert drawn == [(0, True, False), (1, True, True), (2, True, True)]
+    assert [row["round"] for row in history] == [0, 0, 1, 1, 2, 2] and [row["step"] for row in history] == list(range(6))
+    assert evals == [0, 4, 6]  # the schedule counts steps across rounds
+    lrs = [row["lr"] for row in history]
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] > 0  # one linear decay over all rounds, not one per round
+    assert history[2]["loss"] < math.log(2)  # round 1 starts from the trained policy, not the reference
+    one = dpo.train_dpo(tiny_gpt(), frozen_copy(tiny_gpt()), synthetic_pairs(8, seed=10),
+                        dataclasses.replace(params, rounds=1), "fp32")
+    assert [row["loss"] for row in one] == pytest.approx([row["loss"] for row in history[:2]], rel=1e-4)
+
+
 def test_the_compact_head_gives_the_full_heads_numbers():
     """A model whose unused tokens share one embedding row (as after pretraining on a small vocabulary)
     trains through the compact head; its first step scores as the full head does."""
@@ -275,7 +299,7 @@ def test_ptx_adds_the_corpus_loss_and_the_biases_scope_moves_only_biases_and_gai
                                         ("max_pairs", -1), ("eval_interval", -5), ("device", "tpu"),
                                         ("precision", "fp16"), ("ptx_coef", -0.1), ("ptx_batch_size", 0),
                                         ("trainable", "heads"), ("labels", "soft"), ("ranked_pairs", 9),
-                                        ("ranked_pairs", 0)])
+                                        ("ranked_pairs", 0), ("rounds", 0), ("rounds", 1.5)])
 def test_params_reject_bad_values_naming_the_key(key, value):
     DpoParams().validate()
     with pytest.raises(ParamsError, match=rf"dpo\.{key} = "):
@@ -287,5 +311,7 @@ def test_soft_labels_need_reward_ranked_pairs():
     DpoParams(pairs="preferences", labels="hard").validate()
     with pytest.raises(ParamsError, match=r"dpo\.labels = 'reward' is invalid; allowed: hard with dpo\.pairs: preferences"):
         DpoParams(pairs="preferences", labels="reward").validate()
+    with pytest.raises(ParamsError, match=r"dpo\.rounds = 2 is invalid; allowed: 1 with dpo\.pairs: preferences"):
+        DpoParams(pairs="preferences", labels="hard", rounds=2).validate()
     with pytest.raises(ParamsError, match=r"dpo\.ranked_pairs = 3 is invalid; allowed: an integer from 1 to .* = 2"):
         DpoParams(ranked_samples=4, ranked_pairs=3).validate()

@@ -197,17 +197,21 @@ def test_brevity_without_end_of_text_ties_every_pair_and_fails_cleanly(
 
 
 def test_dpo_on_reward_ranked_pairs(tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root):
-    """dpo.pairs: reward_ranked trains on two pairs per train prompt (the reward model's best reference
-    sample over its worst, the second best over the second worst), with soft labels and DPO-ptx."""
+    """dpo.pairs: reward_ranked trains on two pairs per train prompt (the reward model's best sample over
+    its worst, the second best over the second worst), with soft labels and DPO-ptx, in two on-policy
+    rounds (the second on samples of the policy the first one trained)."""
     tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root,
                       dpo={"pairs": "reward_ranked", "ranked_samples": 4, "ranked_pairs": 2, "labels": "reward",
-                           "ptx_coef": 0.5, "max_pairs": 0, "epochs": 2})
+                           "ptx_coef": 0.5, "max_pairs": 0, "epochs": 2, "rounds": 2})
     for stage in ("preferences", "reward", "dpo"):
         run(stage)
     metrics = io.read_json(paths.metrics_file("dpo"))
     trained = metrics["training_pairs"]
     assert 32 < trained["pairs"] <= 64  # two per train prompt, less any whose two samples tie
     assert trained["chosen_score_mean"] > trained["rejected_score_mean"]  # reward-model scores
-    assert metrics["steps"] == 2 * -(-trained["pairs"] // 8)  # two passes at batch 8
+    rounds = metrics["rounds"]
+    assert len(rounds) == 2 and sum(r["pairs"] for r in rounds) == trained["pairs"]
+    assert metrics["steps"] == sum(2 * -(-r["pairs"] // 8) for r in rounds)  # two passes at batch 8 a round
+    assert set(pd.read_csv(paths.DPO_STEPS_CSV)["round"]) == {0, 1}
     assert metrics["selected_step"] in set(pd.read_csv(paths.DPO_FRONTIER_CSV)["step"])
     assert (pd.read_csv(paths.DPO_STEPS_CSV)["ptx_loss"] > 0).all()

@@ -174,6 +174,7 @@ class DpoParams:
     pairs: str = "reward_ranked"  # preferences: the labelled pairs; reward_ranked: reference samples ranked by the reward model
     ranked_samples: int = 16  # reward_ranked: continuations per train prompt; the best and the worst form its pair
     ranked_pairs: int = 8  # reward_ranked: pairs per prompt (best/worst, 2nd best/2nd worst, ...), <= ranked_samples / 2
+    rounds: int = 1  # reward_ranked: on-policy rounds; round k samples its share of the train prompts from the policy so far
     labels: str = "reward"  # hard: chosen always wins (DPO); reward: sigmoid of the reward difference (reward_ranked only)
     trainable: str = "blocks"  # blocks: all but the embeddings; biases: biases and LayerNorm gains only (BitFit)
     beta: float = 0.2  # strength of the implicit KL to the reference: reward = beta * log(policy / ref)
@@ -207,5 +208,9 @@ class DpoParams:
         require(1 <= self.ranked_pairs <= self.ranked_samples // 2, "dpo.ranked_pairs",
                 f"an integer from 1 to dpo.ranked_samples / 2 = {self.ranked_samples // 2} (no sample in two pairs)",
                 self.ranked_pairs)
+        require(isinstance(self.rounds, int) and self.rounds >= 1, "dpo.rounds", "an integer >= 1", self.rounds)
+        require(self.rounds == 1 or self.pairs == "reward_ranked", "dpo.rounds",
+                "1 with dpo.pairs: preferences (the labelled pairs are fixed; rounds sample new pairs from the policy)",
+                self.rounds)
         one_of("dpo.device", self.device, DEVICES)
         one_of("dpo.precision", self.precision, PRECISIONS)

@@ -200,13 +200,16 @@ def pair_batches(n_pairs: int, batch_size: int, epochs: int, seed: int) -> Itera
 
 
 def train_dpo(
-    policy: GPT, ref: GPT, pairs: Dataset, dpo_params: DpoParams, precision: str,
+    policy: GPT, ref: GPT, pairs: Dataset | Callable[[int, GPT], Dataset], dpo_params: DpoParams, precision: str,
     on_step: Callable[[int, dict], None] = lambda step, stats: None,
     on_eval: Callable[[int, GPT], None] | None = None, corpus: np.ndarray | None = None,
 ) -> list[dict]:
     """`dpo_params.epochs` shuffled passes of DPO over the pairs; returns one row of stats per step.
-    With `corpus` (train-split tokens) and dpo_params.ptx_coef > 0, every step also fits the corpus, as
-    PPO-ptx does (finetune.ptx_loss).
+    `pairs` is the pairs, or a function (round, policy) -> that round's pairs, called at the start of each of
+    `dpo_params.rounds` rounds with the policy as trained so far (ranked_pairs.RankedRounds: on-policy
+    rounds); every round makes its passes over its own pairs, under one learning-rate schedule sized from
+    the first round. With `corpus` (train-split tokens) and dpo_params.ptx_coef > 0, every step also fits
+    the corpus, as PPO-ptx does (finetune.ptx_loss).
 
     Only the transformer blocks and the final LayerNorm train (see dpo_optimizer). The policy stays in
     eval mode: dropout would make the policy's log-probs noisy where the reference's are not, and the
@@ -217,32 +220,38 @@ def train_dpo(
     rows (a model pretrained over the training vocabulary): the same numbers as the full head, less work.
     """
     device = next(policy.parameters()).device
-    data = preference_tensors(subset(pairs, dpo_params.max_pairs, dpo_params.seed), device,
-                              soft_labels=dpo_params.labels == "reward")
+    draw = pairs if callable(pairs) else lambda round_index, model: pairs
     # freezes at least the embedding the compact head copies
     optimizer = dpo_optimizer(policy, dpo_params.learning_rate, dpo_params.trainable)
-    head = output_head(policy, compact=True)
-    reference = all_logprobs(ref, data, dpo_params.batch_size, precision, output_head(ref, compact=True))
-    total = dpo_params.epochs * math.ceil(len(data) / dpo_params.batch_size)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, dpo_params.warmup_steps, total))
-    evals = eval_steps(total, dpo_params.eval_interval)
+    head, ref_head = output_head(policy, compact=True), output_head(ref, compact=True)
     pretrain = None
     if corpus is not None and dpo_params.ptx_coef > 0:
         pretrain = RandomWindows(corpus, policy.config.block_size, dpo_params.ptx_batch_size, dpo_params.seed)
-    history = []
+    history: list[dict] = []
+    schedule, evals = None, set()
     with eval_mode(policy):
-        for step, (epoch, index) in enumerate(pair_batches(len(data), dpo_params.batch_size, dpo_params.epochs,
-                                                            dpo_params.seed)):
-            if on_eval is not None and step in evals:
-                on_eval(step, policy)
-            index = index.to(device)
-            row = {"step": step, "epoch": epoch, "lr": schedule.get_last_lr()[0]}
-            batch_reference = (reference[0][index], reference[1][index])
-            row.update(dpo_step(policy, optimizer, data.rows(index), batch_reference, dpo_params, precision, head,
-                                pretrain))
-            schedule.step()
-            history.append(row)
-            on_step(step, row)
+        for round_index in range(dpo_params.rounds):
+            data = preference_tensors(subset(draw(round_index, policy), dpo_params.max_pairs, dpo_params.seed),
+                                      device, soft_labels=dpo_params.labels == "reward")
+            reference = all_logprobs(ref, data, dpo_params.batch_size, precision, ref_head)
+            if schedule is None:  # the rounds share out the prompts evenly, so the first one sizes them all
+                total = dpo_params.rounds * dpo_params.epochs * math.ceil(len(data) / dpo_params.batch_size)
+                schedule = torch.optim.lr_scheduler.LambdaLR(
+                    optimizer, lambda s: lr_factor(s, dpo_params.warmup_steps, total))
+                evals = eval_steps(total, dpo_params.eval_interval)
+            for epoch, index in pair_batches(len(data), dpo_params.batch_size, dpo_params.epochs,
+                                             dpo_params.seed + round_index):
+                step = len(history)
+                if on_eval is not None and step in evals and step < total:  # the last one comes after the loop
+                    on_eval(step, policy)
+                index = index.to(device)
+                row = {"step": step, "round": round_index, "epoch": epoch, "lr": schedule.get_last_lr()[0]}
+                batch_reference = (reference[0][index], reference[1][index])
+                row.update(dpo_step(policy, optimizer, data.rows(index), batch_reference, dpo_params, precision,
+                                    head, pretrain))
+                schedule.step()
+                history.append(row)
+                on_step(step, row)
         if on_eval is not None:
             on_eval(len(history), policy)
     return history

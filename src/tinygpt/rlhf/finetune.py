@@ -68,7 +68,7 @@ def restrict_training(model: GPT, scope: str) -> None:
     freeze_embeddings(model)
     if scope == "biases":
         for name, param in model.named_parameters():
-            is_gain = ".ln_" in name or name.startswith("transformer.ln_f")
+            is_gain = ".ln_" in name  # each block's ln_1 and ln_2, and the final transformer.ln_f
             if not (name.endswith(".bias") or is_gain):
                 param.requires_grad_(False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -19,7 +20,7 @@ from tinygpt.model.heads import output_head
 from tinygpt.rlhf.config import HeldOutParams
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.reward_model import RewardModel
-from tinygpt.rlhf.rollout import rollout_logprobs, sample
+from tinygpt.rlhf.rollout import Rollout, rollout_logprobs, sample
 
 CURVES = ["reward_model_score", "gold_score", "kl", "beta", "entropy", "policy_loss", "value_loss",
           "clip_fraction", "approx_kl", "explained_variance", "ptx_loss", "response_tokens"]
@@ -53,25 +54,38 @@ def sem(per_prompt: np.ndarray) -> float:
     return float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else float("nan")
 
 
+def scored_rollouts(
+    model: GPT, reward_model: RewardModel, prompts: torch.Tensor, samples: int, max_new_tokens: int,
+    temperature: float, seed: int, precision: str, batch_size: int,
+) -> Iterator[tuple[Rollout, torch.Tensor]]:
+    """`samples` continuations per prompt from `model` (prompt-major, seeded), `batch_size` at a time: each
+    batch's rollout and its normalised reward-model scores (on the CPU). Call it under torch.no_grad."""
+    generator = torch.Generator(prompts.device).manual_seed(seed)
+    head = output_head(model, compact=True)  # exact for the weights as they are
+    for chunk in prompts.repeat_interleave(samples, dim=0).split(batch_size):
+        rollout = sample(model, chunk, max_new_tokens, temperature, generator, precision, head)
+        with autocast(prompts.device, precision):
+            reward = reward_model(rollout.sequences, rollout.last_index).float().cpu()
+        yield rollout, reward
+
+
 @torch.no_grad()
 def held_out(
     model: GPT, ref: GPT, reward_model: RewardModel, prompts: torch.Tensor, samples: int, max_new_tokens: int,
     temperature: float, seed: int, oracle: Oracle, precision: str, batch_size: int,
 ) -> HeldOut:
     """Sample `samples` continuations per prompt from `model` (seeded) and score them."""
-    generator = torch.Generator(prompts.device).manual_seed(seed)
-    heads = output_head(model, compact=True), output_head(ref, compact=True)  # exact for the weights as they are
+    heads = output_head(model, compact=True), output_head(ref, compact=True)
     texts, ids, rewards, kls = [], [], [], []
-    for chunk in prompts.repeat_interleave(samples, dim=0).split(batch_size):
-        rollout = sample(model, chunk, max_new_tokens, temperature, generator, precision, heads[0])
+    for rollout, reward in scored_rollouts(model, reward_model, prompts, samples, max_new_tokens, temperature,
+                                           seed, precision, batch_size):
         if model is ref:  # the reference against itself (best-of-n's samples): KL 0, no need to compute it
             log_ratio = torch.zeros_like(rollout.mask)
         else:
             log_ratio = rollout_logprobs(model, rollout, temperature, precision, heads[0]) - rollout_logprobs(
                 ref, rollout, temperature, precision, heads[1]
             )
-        with autocast(prompts.device, precision):
-            rewards.append(reward_model(rollout.sequences, rollout.last_index).float().cpu())
+        rewards.append(reward)
         kls.append((log_ratio * rollout.mask).sum(dim=1).cpu())
         texts += rollout.texts()
         ids += rollout.response_ids()
