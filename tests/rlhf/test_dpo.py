@@ -294,12 +294,46 @@ def test_ptx_adds_the_corpus_loss_and_the_biases_scope_moves_only_biases_and_gai
     assert "ptx_loss" not in dpo.train_dpo(tiny_gpt(), frozen_copy(tiny_gpt()), pairs, params, "fp32")[0]
 
 
+def test_kl_term_is_the_pairs_token_kl_and_keeps_the_policy_nearer_the_reference():
+    """continuation_kl is the full-vocabulary KL(policy || reference) summed over each continuation's own
+    positions (computed here from the logits by hand), zero at the reference; trained with a large kl_coef
+    the policy ends nearer the reference, on the same pairs, than with none."""
+    policy, pairs = tiny_gpt(), synthetic_pairs(24, seed=6)
+    ref = perturbed(policy, 0.05, seed=3)
+    data = dpo.preference_tensors(pairs)
+    sequences, mask = dpo.pair_sequences(data)
+    head, ref_head = output_head(policy, compact=True), output_head(ref, compact=True)
+    hidden, _ = dpo.token_logprobs(policy, sequences, data.prompt_len, "fp32", head)
+    kl = dpo.continuation_kl(hidden, head, (ref, ref_head), sequences, data.prompt_len, mask, "fp32")
+    at = slice(data.prompt_len - 1, -1)  # the positions predicting each continuation token
+    logp = torch.log_softmax(policy.lm_head(policy.hidden_states(sequences))[:, at], dim=-1)
+    logq = torch.log_softmax(ref.lm_head(ref.hidden_states(sequences))[:, at], dim=-1)
+    by_hand = ((logp.exp() * (logp - logq)).sum(-1) * mask).sum(1).mean()
+    assert kl.item() == pytest.approx(by_hand.item(), rel=1e-4) and kl.item() > 0.01
+    assert dpo.continuation_kl(hidden, head, (policy, head), sequences, data.prompt_len, mask, "fp32").item() \
+        == pytest.approx(0.0, abs=1e-5)
+
+    def trained_kl(kl_coef: float) -> float:
+        model = tiny_gpt()
+        params = DpoParams(labels="hard", beta=0.1, learning_rate=3e-3, batch_size=8, epochs=4, warmup_steps=0,
+                           kl_coef=kl_coef)
+        history = dpo.train_dpo(model, frozen_copy(tiny_gpt()), pairs, params, "fp32")
+        assert ("token_kl" in history[0]) == (kl_coef > 0)
+        with torch.no_grad():
+            h, _ = dpo.token_logprobs(model, sequences, data.prompt_len, "fp32", head)
+            return dpo.continuation_kl(h, head, (tiny_gpt(), head), sequences, data.prompt_len, mask,
+                                       "fp32").item()
+
+    free, held = trained_kl(0.0), trained_kl(10.0)
+    assert free > 0.01 and held < 0.5 * free, (free, held)
+
+
 @pytest.mark.parametrize("key, value", [("beta", 0.0), ("beta", -0.1), ("learning_rate", 0.0), ("epochs", 0),
                                         ("batch_size", 0), ("grad_clip", 0.0), ("warmup_steps", -1),
                                         ("max_pairs", -1), ("eval_interval", -5), ("device", "tpu"),
                                         ("precision", "fp16"), ("ptx_coef", -0.1), ("ptx_batch_size", 0),
                                         ("trainable", "heads"), ("labels", "soft"), ("ranked_pairs", 9),
-                                        ("ranked_pairs", 0), ("rounds", 0), ("rounds", 1.5)])
+                                        ("ranked_pairs", 0), ("rounds", 0), ("rounds", 1.5), ("kl_coef", -0.01)])
 def test_params_reject_bad_values_naming_the_key(key, value):
     DpoParams().validate()
     with pytest.raises(ParamsError, match=rf"dpo\.{key} = "):

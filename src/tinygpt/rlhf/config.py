@@ -186,6 +186,7 @@ class DpoParams:
     max_pairs: int = 0  # train on a seeded subset of this many pairs; 0 = all pairs
     ptx_coef: float = 0.1  # weight of the next-token loss on train-split windows (as rlhf.ptx_coef); 0 = off
     ptx_batch_size: int = 8
+    kl_coef: float = 0.0  # weight of the pairs' token-level KL to the reference (nats per continuation); 0 = off
     eval_interval: int = 96  # steps between held-out evaluations; 0 = only at the start and the end
     seed: int = 1337
     device: str = "auto"
@@ -195,7 +196,7 @@ class DpoParams:
         for key in ("beta", "learning_rate", "epochs", "batch_size", "grad_clip"):
             positive(f"dpo.{key}", getattr(self, key))
         positive("dpo.ptx_batch_size", self.ptx_batch_size)
-        for key in ("warmup_steps", "max_pairs", "eval_interval", "ptx_coef"):
+        for key in ("warmup_steps", "max_pairs", "eval_interval", "ptx_coef", "kl_coef"):
             non_negative(f"dpo.{key}", getattr(self, key))
         one_of("dpo.pairs", self.pairs, ("preferences", "reward_ranked"))
         one_of("dpo.trainable", self.trainable, TRAINABLE_SCOPES)

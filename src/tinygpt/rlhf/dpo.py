@@ -95,26 +95,59 @@ def continuation_mask(last: torch.Tensor, prompt_len: int, width: int) -> torch.
     return (positions[None, :] <= last[:, None]).float()
 
 
+def token_logprobs(
+    model: GPT, sequences: torch.Tensor, prompt_len: int, precision: str, head: FullHead
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hidden states at the continuation's positions and each continuation token's log-prob (both
+    (batch, width - prompt_len, ...)), through `head`."""
+    with autocast(sequences.device, precision):
+        hidden = action_hidden(model, sequences, prompt_len)
+        return hidden, head.logprobs(hidden, sequences[:, prompt_len:])
+
+
 def sequence_logprobs(
     model: GPT, sequences: torch.Tensor, prompt_len: int, mask: torch.Tensor, precision: str,
     head: FullHead | None = None,
 ) -> torch.Tensor:
     """log p(continuation | prompt) (batch,): the sum over the masked continuation tokens of their
     log-probs (through `head`, by default the model's full LM head)."""
-    head = head or FullHead(model)
-    with autocast(sequences.device, precision):
-        logp = head.logprobs(action_hidden(model, sequences, prompt_len), sequences[:, prompt_len:])
+    _, logp = token_logprobs(model, sequences, prompt_len, precision, head or FullHead(model))
     return (logp * mask).sum(dim=1)
+
+
+def pair_sequences(data: PreferenceTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chosen rows then the rejected ones, as one batch of sequences and continuation masks."""
+    return torch.cat([data.chosen, data.rejected]), torch.cat([data.chosen_mask, data.rejected_mask])
 
 
 def pair_logprobs(
     model: GPT, data: PreferenceTensors, precision: str, head: FullHead | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the chosen and of the rejected continuations, in one forward."""
-    sequences = torch.cat([data.chosen, data.rejected])
-    mask = torch.cat([data.chosen_mask, data.rejected_mask])
+    sequences, mask = pair_sequences(data)
     logp = sequence_logprobs(model, sequences, data.prompt_len, mask, precision, head)
     return logp[: len(data)], logp[len(data) :]
+
+
+def continuation_kl(
+    hidden: torch.Tensor, head: FullHead, reference: tuple[GPT, FullHead], sequences: torch.Tensor,
+    prompt_len: int, mask: torch.Tensor, precision: str,
+) -> torch.Tensor:
+    """KL(policy || reference) of the next-token distributions, summed over the vocabulary and over each
+    continuation's positions, averaged over the continuations: nats per continuation, the unit of the
+    held-out KL. `hidden` is the policy's at those positions (token_logprobs), with its graph.
+
+    Measured at every position of the pairs' continuations over the whole vocabulary, this is an exact,
+    low-noise penalty on moves of the policy that the preference loss does not ask for: DPO's gradient
+    only touches the pairs' own tokens, and what the shared weights do to every other next-token choice
+    is KL the held-out evaluation counts but no pair pays for.
+    """
+    ref, ref_head = reference
+    with torch.no_grad(), autocast(sequences.device, precision):
+        ref_hidden = action_hidden(ref, sequences, prompt_len)
+    with autocast(sequences.device, precision):
+        kl = head.kl(hidden, ref_head, ref_hidden)
+    return (kl * mask).sum(dim=1).mean()
 
 
 @torch.no_grad()
@@ -209,7 +242,8 @@ def train_dpo(
     `dpo_params.rounds` rounds with the policy as trained so far (ranked_pairs.RankedRounds: on-policy
     rounds); every round makes its passes over its own pairs, under one learning-rate schedule sized from
     the first round. With `corpus` (train-split tokens) and dpo_params.ptx_coef > 0, every step also fits
-    the corpus, as PPO-ptx does (finetune.ptx_loss).
+    the corpus, as PPO-ptx does (finetune.ptx_loss); with dpo_params.kl_coef > 0 it also pays that much
+    per nat of the pairs' token-level KL to `ref` (continuation_kl).
 
     Only the transformer blocks and the final LayerNorm train (see dpo_optimizer). The policy stays in
     eval mode: dropout would make the policy's log-probs noisy where the reference's are not, and the
@@ -227,6 +261,7 @@ def train_dpo(
     pretrain = None
     if corpus is not None and dpo_params.ptx_coef > 0:
         pretrain = RandomWindows(corpus, policy.config.block_size, dpo_params.ptx_batch_size, dpo_params.seed)
+    reference_model = (ref, ref_head) if dpo_params.kl_coef > 0 else None
     history: list[dict] = []
     schedule, evals = None, set()
     with eval_mode(policy):
@@ -248,7 +283,7 @@ def train_dpo(
                 row = {"step": step, "round": round_index, "epoch": epoch, "lr": schedule.get_last_lr()[0]}
                 batch_reference = (reference[0][index], reference[1][index])
                 row.update(dpo_step(policy, optimizer, data.rows(index), batch_reference, dpo_params, precision,
-                                    head, pretrain))
+                                    head, pretrain, reference_model))
                 schedule.step()
                 history.append(row)
                 on_step(step, row)
@@ -275,17 +310,25 @@ def dpo_optimizer(policy: GPT, learning_rate: float, trainable: str = "blocks") 
 def dpo_step(
     policy: GPT, optimizer: torch.optim.Optimizer, batch: PreferenceTensors,
     reference: tuple[torch.Tensor, torch.Tensor], dpo_params: DpoParams, precision: str, head: FullHead,
-    pretrain: RandomWindows | None = None,
+    pretrain: RandomWindows | None = None, reference_model: tuple[GPT, FullHead] | None = None,
 ) -> dict[str, float]:
-    """One optimizer step on the DPO loss of one batch of pairs (plus ptx_coef times the corpus loss when
-    `pretrain` is given): the DPO loss, its stats, the corpus loss and the gradient norm."""
-    chosen, rejected = pair_logprobs(policy, batch, precision, head)
+    """One optimizer step on the DPO loss of one batch of pairs, plus ptx_coef times the corpus loss when
+    `pretrain` is given and kl_coef times the continuations' KL to `reference_model` (the frozen model and
+    its head) when that is given: the DPO loss, its stats, the extra terms and the gradient norm."""
+    sequences, mask = pair_sequences(batch)
+    hidden, logp = token_logprobs(policy, sequences, batch.prompt_len, precision, head)
+    sums = (logp * mask).sum(dim=1)
+    chosen, rejected = sums[: len(batch)], sums[len(batch) :]
     loss, stats = dpo_loss(chosen, rejected, *reference, dpo_params.beta, batch.label)
     total = loss
     if pretrain is not None:
         lm_loss = ptx_loss(policy, pretrain, precision, head)
         stats["ptx_loss"] = lm_loss.item()
-        total = loss + dpo_params.ptx_coef * lm_loss
+        total = total + dpo_params.ptx_coef * lm_loss
+    if reference_model is not None:
+        kl = continuation_kl(hidden, head, reference_model, sequences, batch.prompt_len, mask, precision)
+        stats["token_kl"] = kl.item()
+        total = total + dpo_params.kl_coef * kl
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     trained = [w for group in optimizer.param_groups for w in group["params"]]

@@ -16,7 +16,7 @@ from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode
 from tinygpt.data.tokenizer import decode
 from tinygpt.model.gpt import GPT
-from tinygpt.model.heads import output_head
+from tinygpt.model.heads import FullHead, output_head
 from tinygpt.rlhf.config import HeldOutParams
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.reward_model import RewardModel
@@ -56,12 +56,13 @@ def sem(per_prompt: np.ndarray) -> float:
 
 def scored_rollouts(
     model: GPT, reward_model: RewardModel, prompts: torch.Tensor, samples: int, max_new_tokens: int,
-    temperature: float, seed: int, precision: str, batch_size: int,
+    temperature: float, seed: int, precision: str, batch_size: int, head: FullHead | None = None,
 ) -> Iterator[tuple[Rollout, torch.Tensor]]:
     """`samples` continuations per prompt from `model` (prompt-major, seeded), `batch_size` at a time: each
-    batch's rollout and its normalised reward-model scores (on the CPU). Call it under torch.no_grad."""
+    batch's rollout and its normalised reward-model scores (on the CPU). Call it under torch.no_grad.
+    `head` samples: by default the model's compact head, built now (exact for the weights as they are)."""
     generator = torch.Generator(prompts.device).manual_seed(seed)
-    head = output_head(model, compact=True)  # exact for the weights as they are
+    head = head or output_head(model, compact=True)
     for chunk in prompts.repeat_interleave(samples, dim=0).split(batch_size):
         rollout = sample(model, chunk, max_new_tokens, temperature, generator, precision, head)
         with autocast(prompts.device, precision):
@@ -78,7 +79,7 @@ def held_out(
     heads = output_head(model, compact=True), output_head(ref, compact=True)
     texts, ids, rewards, kls = [], [], [], []
     for rollout, reward in scored_rollouts(model, reward_model, prompts, samples, max_new_tokens, temperature,
-                                           seed, precision, batch_size):
+                                           seed, precision, batch_size, heads[0]):
         if model is ref:  # the reference against itself (best-of-n's samples): KL 0, no need to compute it
             log_ratio = torch.zeros_like(rollout.mask)
         else:
