@@ -1,8 +1,9 @@
 """Stage best_of_n: the reranking baseline. `best_of_n.max_n` reference samples per held-out prompt (the
 selection and the report set), scored by the reward model (proxy) and the oracle (gold); the curve of
-gold against the analytic KL for n = 1, 2, 4, ..., max_n.
+gold against the analytic KL for n = 1, 2, 4, ..., max_n; and soft best-of-max_n (the reward model's
+KL-optimal tilt of the reference) on the same samples at each of best_of_n.soft_betas.
 In: models/pretrain/, models/reward/, data/preferences/prompts/.
-Out: data/best_of_n/scores.csv, plots/best_of_n/curve.csv, metrics/best_of_n.json."""
+Out: data/best_of_n/scores.csv, plots/best_of_n/curve.csv, plots/best_of_n/soft.csv, metrics/best_of_n.json."""
 import time
 
 import torch
@@ -13,7 +14,7 @@ from tinygpt.model.weights import load_model
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.best_of_n import write_outputs
-from tinygpt.rlhf.best_of_n import best_of_n_curve
+from tinygpt.rlhf.best_of_n import best_of_n_curve, soft_best_of_n_curve
 from tinygpt.rlhf.heldout import held_out
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.preferences import load_prompts
@@ -32,7 +33,7 @@ def main() -> None:
         reference = load_model(paths.PRETRAIN_DIR, device).eval()
         reward_model = load_reward_model(paths.REWARD_DIR, device).requires_grad_(False)
         oracle = Oracle(preferences_params.oracle, preferences_params.keyword)
-        samples, curves = {}, {}
+        samples, curves, soft = {}, {}, {}
         for held_out_set in ("selection", "report"):
             prompts = torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, held_out_set), device=device)
             samples[held_out_set] = held_out(
@@ -40,11 +41,14 @@ def main() -> None:
                 settings.temperature, settings.seed, oracle, precision, settings.batch_size,
             )
             shape = (len(prompts), bon.max_n)
-            curves[held_out_set] = best_of_n_curve(samples[held_out_set].reward.reshape(shape),
-                                                   samples[held_out_set].gold.reshape(shape), bon.max_n)
-        write_outputs(samples, curves)
+            proxy, gold = samples[held_out_set].reward.reshape(shape), samples[held_out_set].gold.reshape(shape)
+            curves[held_out_set] = best_of_n_curve(proxy, gold, bon.max_n)
+            soft[held_out_set] = soft_best_of_n_curve(proxy, gold, bon.soft_betas)
+        write_outputs(samples, curves, soft)
         metrics = {
             **{name: curve.set_index("n").to_dict(orient="index") for name, curve in curves.items()},
+            "soft": {name: {f"beta_{row.pop('beta'):g}": row for row in table.to_dict(orient="records")}
+                     for name, table in soft.items()},
             "precision": precision, "wall_seconds": time.perf_counter() - start,
         }
         artifacts = [paths.BEST_OF_N_CURVE_CSV.parent]

@@ -1,6 +1,6 @@
 """Stage frontier: best-of-n, PPO and DPO on one gold-versus-KL figure and table (report set), and each
 method's reported point against the best-of-n curve at the same KL.
-In: plots/best_of_n/curve.csv, plots/{rlhf,dpo}/frontier.csv, metrics/{rlhf,dpo}.json.
+In: plots/best_of_n/curve.csv, plots/best_of_n/soft.csv, plots/{rlhf,dpo}/frontier.csv, metrics/{rlhf,dpo}.json.
 Out: plots/frontier/, reports/frontier/table.md, metrics/frontier.json."""
 import time
 
@@ -21,6 +21,8 @@ def main() -> None:
     with tracking.stage_run("frontier", {"preferences.oracle": p.preferences.oracle}, p.tracking) as run:
         curve = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
         best_of_n = curve[curve["set"] == "report"].reset_index(drop=True)
+        soft = pd.read_csv(paths.SOFT_BEST_OF_N_CSV)
+        soft = soft[soft["set"] == "report"].reset_index(drop=True)
         runs, metrics = {}, {}
         for method, (stage, frontier_csv) in METHODS.items():
             table = pd.read_csv(frontier_csv)
@@ -32,7 +34,7 @@ def main() -> None:
                 "gold_gain_se": row["gold_gain_se"], "proxy_gain": row["proxy_gain"],
                 "val_perplexity_relative": row["val_perplexity_relative"], **against_best_of_n(row, best_of_n),
             }
-        write_outputs(best_of_n, runs, p.preferences.oracle)
+        write_outputs(best_of_n, runs, p.preferences.oracle, soft)
         at = best_of_n.set_index("n")
         metrics["best_of_n"] = {f"n{n}": {"kl": at.loc[n, "kl"], "gold_gain": at.loc[n, "gold_gain"],
                                           "gold_gain_se": at.loc[n, "gold_gain_se"]} for n in at.index}

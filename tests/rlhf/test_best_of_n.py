@@ -1,13 +1,17 @@
-"""Best-of-n's estimator equals brute force over every subset, and its KL is the known closed form."""
+"""Best-of-n's estimator equals brute force over every subset, and its KL is the known closed form; soft
+best-of-n by hand, at its limits, and its KL bound against an exact enumeration."""
 import itertools
 import math
 
 import numpy as np
 import pytest
 
+from tinygpt.core.errors import ParamsError
 from tinygpt.rlhf.best_of_n import (analytic_kl, best_of_n_curve,
                                     best_of_n_values, gold_gain_at,
-                                    subset_argmax_weights)
+                                    soft_best_of_n_curve, soft_kl_bound,
+                                    soft_weights, subset_argmax_weights)
+from tinygpt.rlhf.config import BestOfNParams
 
 
 def brute_force(proxy_row, gold_row, n):
@@ -62,3 +66,47 @@ def test_curve_gains_are_against_n_1_and_interpolation_flags_extrapolation():
     assert gold_gain_at(curve, mid)[0] == pytest.approx(curve["gold_gain"].iloc[1:3].mean())
     assert gold_gain_at(curve, 10.0) == (pytest.approx(curve["gold_gain"].max()), True)
     assert math.isclose(curve["kl"].iloc[-1], analytic_kl(16))
+
+
+def test_soft_best_of_n_by_hand_and_its_limits():
+    proxy, gold = np.array([[0.0, 1.0, 3.0]]), np.array([[1.0, -2.0, 4.0]])
+    w = np.exp(proxy / 0.5) / np.exp(proxy / 0.5).sum()
+    row = soft_best_of_n_curve(proxy, gold, [0.5]).iloc[0]
+    assert row["gold_gain"] == pytest.approx((w * gold).sum() - 1.0)
+    assert row["proxy_gain"] == pytest.approx((w * proxy).sum() - 4 / 3)
+    assert row["kl"] == pytest.approx(float(np.sum(w * np.log(3 * w))))
+    rng = np.random.default_rng(2)
+    proxy, gold = rng.normal(size=(40, 8)), rng.normal(size=(40, 8))
+    curve = soft_best_of_n_curve(proxy, gold, [0.1, 1e4, 1e-4, 1.0])
+    assert curve["beta"].tolist() == [1e4, 1.0, 0.1, 1e-4]  # KL grows along the rows
+    assert curve["kl"].is_monotonic_increasing and curve["kl"].iloc[0] == pytest.approx(0.0, abs=1e-6)
+    assert curve["gold_gain"].iloc[0] == pytest.approx(0.0, abs=1e-4)
+    # beta -> 0 keeps the proxy's argmax: best-of-N with n = N, at KL log N
+    assert curve["gold_gain"].iloc[-1] == pytest.approx((best_of_n_values(proxy, gold, 8) - gold.mean(1)).mean())
+    assert curve["kl"].iloc[-1] == pytest.approx(math.log(8))
+
+
+def test_soft_kl_bound_is_above_the_exact_kl_of_the_kept_sample():
+    """Enumerate every ordered draw of N = 3 from a reference over 4 outcomes: the kept outcome's exact
+    distribution has a KL to the reference no larger than the mean per-draw bound, and equal to it for no
+    beta (the bound is loose when draws repeat an outcome)."""
+    q = np.array([0.4, 0.3, 0.2, 0.1])
+    reward = np.array([0.0, 1.0, -0.5, 2.0])
+    for beta in (2.0, 0.5, 0.1):
+        kept, bound = np.zeros(4), 0.0
+        for draw in itertools.product(range(4), repeat=3):
+            p_draw = np.prod(q[list(draw)])
+            w = soft_weights(reward[list(draw)][None, :], beta)[0]
+            for outcome, weight in zip(draw, w):
+                kept[outcome] += p_draw * weight
+            bound += p_draw * soft_kl_bound(w[None, :])[0]
+        exact = float(np.sum(kept * np.log(kept / q)))
+        assert kept.sum() == pytest.approx(1.0) and 0 < exact < bound
+
+
+@pytest.mark.parametrize("betas, key", [([], r"best_of_n\.soft_betas = "), ([0.5, 0.0], r"best_of_n\.soft_betas\[1\] = "),
+                                        (["x"], r"best_of_n\.soft_betas\[0\] = "), (0.5, r"best_of_n\.soft_betas = ")])
+def test_soft_betas_must_be_positive_numbers_naming_the_entry(betas, key):
+    BestOfNParams().validate()
+    with pytest.raises(ParamsError, match=key):
+        BestOfNParams(soft_betas=betas).validate()

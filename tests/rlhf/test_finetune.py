@@ -156,6 +156,10 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
     best_of_n = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
     assert best_of_n[best_of_n["set"] == "report"]["n"].tolist() == [1, 2, 4, 8]
     assert pd.read_csv(paths.BEST_OF_N_SCORES).shape[0] == (4 + 4) * 8  # both sets, 8 samples per prompt
+    soft = pd.read_csv(paths.SOFT_BEST_OF_N_CSV)
+    assert soft[soft["set"] == "report"]["beta"].tolist() == [1.0, 0.5, 0.3, 0.2, 0.15, 0.1]
+    assert set(io.read_json(paths.metrics_file("best_of_n"))["soft"]["report"]) == {
+        "beta_1", "beta_0.5", "beta_0.3", "beta_0.2", "beta_0.15", "beta_0.1"}
     dpo = io.read_json(paths.metrics_file("dpo"))
     assert dpo["steps"] == 3 and sorted(set(pd.read_csv(paths.DPO_FRONTIER_CSV)["step"])) == [0, 2, 3]
     assert 0.0 <= dpo["pairs"]["report"]["accuracy"] <= 1.0 and (paths.DPO_DIR / "model.safetensors").exists()
@@ -166,6 +170,8 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
         assert summary[method]["gain_over_best_of_n"] == pytest.approx(
             summary[method]["gold_gain"] - summary[method]["best_of_n_gold_gain_at_kl"])
     assert paths.FRONTIER_PNG.stat().st_size > 1000 and "## PPO" in paths.FRONTIER_TABLE_MD.read_text()
+    assert "## Soft best-of-n" in paths.FRONTIER_TABLE_MD.read_text()
+    assert "soft best-of-n" in set(pd.read_csv(paths.FRONTIER_POINTS_CSV)["method"])
     assert 1.0 < metrics["before"]["val_perplexity"] < 20.0  # the tiny language is easy
     steps = pd.read_csv(paths.RLHF_STEPS_CSV)
     assert list(steps["step"]) == [0, 1, 2] and {"kl", "beta", "clip_fraction", "explained_variance"} <= set(steps)

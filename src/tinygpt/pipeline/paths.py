@@ -100,6 +100,7 @@ RLHF_REPORTS = REPORTS / "rlhf"
 RLHF_SAMPLES_MD = RLHF_REPORTS / "samples.md"  # held-out continuations before and after
 RLHF_FRONTIER_CSV = RLHF_PLOTS / "frontier.csv"  # per evaluation and held-out set: KL, gold and proxy gain, ...
 BEST_OF_N_CURVE_CSV = plots_dir("best_of_n") / "curve.csv"  # per set and n: analytic KL, gold and proxy gain
+SOFT_BEST_OF_N_CSV = plots_dir("best_of_n") / "soft.csv"  # per set and beta: soft best-of-max_n's KL bound and gains
 DPO_PLOTS = plots_dir("dpo")
 DPO_STEPS_CSV = DPO_PLOTS / "steps.csv"  # per DPO step: loss, implicit-reward accuracy and margin, lr
 DPO_STEPS_PNG = DPO_PLOTS / "steps.png"

@@ -6,6 +6,11 @@ so its gold (oracle) score traces a curve of gold against KL that a finetuned po
 
 From N >= n samples per prompt, every n is estimated at once and without bias: the expected gold score
 of the proxy-argmax of a random n-subset is a weighted sum over the samples sorted by proxy score.
+
+Soft best-of-N keeps one of the N samples at random with probability softmax(proxy / beta) instead of the
+argmax. As N grows it becomes the tilted reference pi_ref * exp(r / beta) / Z: the policy that maximises
+E[r] - beta * KL, the optimum PPO and DPO approach with KL coefficient beta. On the same samples it shows
+where a perfectly trained policy for this reward model would sit on the gold-versus-KL figure.
 """
 from __future__ import annotations
 
@@ -55,6 +60,39 @@ def best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int) -> pd.DataF
         rows.append({"n": n, "kl": analytic_kl(n), "gold": g.mean(), "gold_se": sem(g),
                      "gold_gain": (g - gold_1).mean(), "gold_gain_se": sem(g - gold_1),
                      "proxy": p.mean(), "proxy_gain": (p - proxy_1).mean(), "proxy_gain_se": sem(p - proxy_1)})
+    return pd.DataFrame(rows)
+
+
+def soft_weights(proxy: np.ndarray, beta: float) -> np.ndarray:
+    """softmax(proxy / beta) over each prompt's samples (prompts, N)."""
+    z = (proxy - proxy.max(axis=1, keepdims=True)) / beta
+    w = np.exp(z)
+    return w / w.sum(axis=1, keepdims=True)
+
+
+def soft_kl_bound(weights: np.ndarray) -> np.ndarray:
+    """Per prompt, KL(weights || uniform over the N samples) = sum w log(N w).
+
+    The kept sample's distribution is the average, over the reference's N-draws, of each draw's weights,
+    and the reference is the same average of uniform weights; KL is jointly convex, so this per-draw KL
+    bounds the kept sample's KL to the reference from above, as log n - (n-1)/n does best-of-n's."""
+    n = weights.shape[1]
+    terms = np.where(weights > 0, weights * np.log(np.maximum(n * weights, 1e-300)), 0.0)
+    return terms.sum(axis=1)
+
+
+def soft_best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, betas: list[float]) -> pd.DataFrame:
+    """Per beta: soft best-of-N's KL bound, gold and proxy gains over the reference's mean on the same
+    samples, with standard errors across prompts."""
+    rows = []
+    for beta in sorted(betas, reverse=True):  # from the reference's end of the curve outward
+        w = soft_weights(proxy, beta)
+        kl = soft_kl_bound(w)
+        gold_gain = (w * gold).sum(axis=1) - gold.mean(axis=1)
+        proxy_gain = (w * proxy).sum(axis=1) - proxy.mean(axis=1)
+        rows.append({"beta": beta, "kl": kl.mean(), "kl_se": sem(kl), "gold_gain": gold_gain.mean(),
+                     "gold_gain_se": sem(gold_gain), "proxy_gain": proxy_gain.mean(),
+                     "proxy_gain_se": sem(proxy_gain)})
     return pd.DataFrame(rows)
 
 

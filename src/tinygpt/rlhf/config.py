@@ -4,7 +4,7 @@ Each class is a section of params.yaml: its comments say what the keys mean, and
 its values (tests/pipeline/test_params.py checks that they agree)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative, one_of,
                                  positive, require, unit_interval)
@@ -99,12 +99,19 @@ class BestOfNParams:
     """params.yaml `best_of_n`: the reranking baseline, reference samples picked by the reward model."""
 
     max_n: int = 64  # samples per held-out prompt; the curve has n = 1, 2, 4, ..., max_n
+    # soft best-of-max_n (the tilt pi_ref * exp(r / beta) on the same samples) at these KL coefficients
+    soft_betas: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.3, 0.2, 0.15, 0.1])
     device: str = "auto"
     precision: str = "auto"
 
     def validate(self) -> None:
         require(self.max_n >= 2 and self.max_n & (self.max_n - 1) == 0, "best_of_n.max_n",
                 "a power of two >= 2", self.max_n)
+        require(isinstance(self.soft_betas, list) and len(self.soft_betas) > 0, "best_of_n.soft_betas",
+                "a non-empty list of numbers > 0", self.soft_betas)
+        for i, beta in enumerate(self.soft_betas):
+            require(isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta > 0,
+                    f"best_of_n.soft_betas[{i}]", "a number > 0", beta)
         one_of("best_of_n.device", self.device, DEVICES)
         one_of("best_of_n.precision", self.precision, PRECISIONS)
 

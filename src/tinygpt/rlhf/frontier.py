@@ -93,8 +93,11 @@ def against_best_of_n(row: dict, best_of_n: pd.DataFrame) -> dict[str, float]:
             "beyond_best_of_n_curve": beyond}
 
 
-def frontier_figure(best_of_n: pd.DataFrame, runs: dict[str, tuple[pd.DataFrame, int]], oracle_name: str):
-    """Report set. Left: gold gain against KL, best-of-n's curve with a one-standard-error band and each
+def frontier_figure(
+    best_of_n: pd.DataFrame, runs: dict[str, tuple[pd.DataFrame, int]], oracle_name: str, soft: pd.DataFrame,
+):
+    """Report set. Left: gold gain against KL, best-of-n's curve with a one-standard-error band, soft
+    best-of-n's (the reward model's KL-optimal tilt, best_of_n.soft_best_of_n_curve) dashed, and each
     method's evaluated points joined in step order, its reported point ringed; a method below best-of-n
     at equal KL spent its KL worse than reranking. Right: gold gain against proxy gain; a method below
     best-of-n there gets less gold for the same reward-model score, i.e. it exploits the reward model."""
@@ -104,6 +107,8 @@ def frontier_figure(best_of_n: pd.DataFrame, runs: dict[str, tuple[pd.DataFrame,
         ax.plot(best_of_n[x], best_of_n["gold_gain"], "k.-", label="best-of-n (n = 1, 2, 4, ...)")
         ax.fill_between(best_of_n[x], best_of_n["gold_gain"] - best_of_n["gold_gain_se"],
                         best_of_n["gold_gain"] + best_of_n["gold_gain_se"], color="0.8")
+        ax.plot(soft[x], soft["gold_gain"], "x--", color="0.4",
+                label="soft best-of-n, one point per beta: the reward model's KL-optimal tilt")
         for (method, (table, selected)), colour in zip(runs.items(), ("tab:red", "tab:blue", "tab:purple")):
             points = table[table["set"] == "report"].sort_values("step")
             ax.plot(points[x], points["gold_gain"], "o-", color=colour, ms=3, label=f"{method} (every evaluation)")
@@ -119,11 +124,18 @@ def frontier_figure(best_of_n: pd.DataFrame, runs: dict[str, tuple[pd.DataFrame,
     return fig
 
 
-def frontier_markdown(best_of_n: pd.DataFrame, tables: dict[str, tuple[pd.DataFrame, int]]) -> str:
-    """The report set's frontier as Markdown: best-of-n's rows, then each method's evaluated points."""
+def frontier_markdown(
+    best_of_n: pd.DataFrame, tables: dict[str, tuple[pd.DataFrame, int]], soft: pd.DataFrame,
+) -> str:
+    """The report set's frontier as Markdown: best-of-n's rows, soft best-of-n's, then each method's
+    evaluated points."""
     shown = best_of_n[["n", "kl", "gold_gain", "gold_gain_se", "proxy_gain"]]
     parts = ["# Gold against KL on the report set\n", "## Best-of-n (reference samples, picked by the reward model)\n",
-             shown.to_markdown(index=False, floatfmt=".3f"), ""]
+             shown.to_markdown(index=False, floatfmt=".3f"), "",
+             "## Soft best-of-n (one of the same samples kept with probability softmax(reward / beta); KL: an "
+             "upper bound)\n",
+             soft[["beta", "kl", "gold_gain", "gold_gain_se", "proxy_gain"]].to_markdown(index=False, floatfmt=".3f"),
+             ""]
     for method, (table, selected) in tables.items():
         rows = table[table["set"] == "report"].sort_values("step")
         rows = rows.assign(reported=["yes" if s == selected else "" for s in rows["step"]])
