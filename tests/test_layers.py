@@ -1,4 +1,4 @@
-"""The package's layers and who may import whom (the rules the README's "Layout" section states).
+"""The package's layers and who may import whom (the rules docs/extending.md states).
 
 Imports flow down: stages -> pipeline -> rlhf -> eval / train -> model -> data -> core. Every import in
 every module is read with `ast` (inside functions too), so a violation fails here naming the file, the
