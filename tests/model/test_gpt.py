@@ -6,6 +6,7 @@ import torch
 
 from tinygpt.model.config import PRESETS, ConfigError, GPTConfig, preset
 from tinygpt.model.gpt import GPT, filter_logits, sample_next
+from tinygpt.model.weights import load_model, save_model
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
@@ -172,3 +173,19 @@ def test_generation_crops_the_context_to_the_block_size():
     cropped = model.generate(long_prompt[:, -16:], 5, temperature=0.0)
     assert out.shape == (1, 45)
     assert torch.equal(out[:, 40:], cropped[:, 16:])
+
+
+def test_a_logit_bias_saves_and_loads_with_the_model(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=16)).eval()
+    x = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        model.add_logit_bias().copy_(torch.randn(100))
+        expected = model(x)[0]
+    save_model(model, tmp_path)
+    loaded = load_model(tmp_path)
+    assert loaded.config.logit_bias and torch.equal(loaded.lm_head.bias, model.lm_head.bias)
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], expected)
+    plain = GPT(GPTConfig(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    assert plain.lm_head.bias is None and not plain.config.logit_bias

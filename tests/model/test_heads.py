@@ -77,3 +77,51 @@ def test_compact_sampling_draws_from_the_full_softmax():
     assert (freq - probs).abs().max().item() < 4e-3
     shared = freq[120:]  # one row's 180 tokens: equally likely, each drawn
     assert (shared > 0).all() and shared.std() / shared.mean() < 0.2
+
+
+def biased(model, seed=6):
+    """`model` with a random logit bias, one value for all of ids 120..299 (the shared row)."""
+    bias = model.add_logit_bias()
+    with torch.no_grad():
+        bias.copy_(torch.randn(300, generator=torch.Generator().manual_seed(seed)))
+        bias[120:] = bias[120]
+    return model
+
+
+def test_a_logit_bias_is_added_at_zero_and_the_compact_head_includes_it():
+    model = model_with_shared_rows()
+    hidden = torch.randn(2, 3, 32, generator=torch.Generator().manual_seed(1))
+    before = FullHead(model).logprobs(hidden, torch.tensor([[1, 150, 7], [299, 0, 119]]))
+    assert model.add_logit_bias().abs().sum().item() == 0 and model.config.logit_bias
+    assert model.add_logit_bias() is model.lm_head.bias  # once
+    ids = torch.tensor([[1, 150, 7], [299, 0, 119]])
+    assert torch.equal(FullHead(model).logprobs(hidden, ids), before)
+    biased(model)
+    probs = torch.softmax((hidden @ model.lm_head.weight.T + model.lm_head.bias) / 0.5, dim=-1)
+    expected = probs.log().gather(-1, ids[..., None]).squeeze(-1)
+    assert (FullHead(model).logprobs(hidden, ids, 0.5) - before).abs().max().item() > 0.1  # the bias counts
+    for head in (FullHead(model), CompactHead.of(model)):
+        assert torch.allclose(head.logprobs(hidden, ids, 0.5), expected, atol=1e-5)
+        assert torch.allclose(head.entropy(hidden, 0.5), -(probs * probs.log()).sum(-1), atol=1e-5)
+
+
+def test_a_shared_rows_tokens_get_equal_bias_gradients_so_the_heads_keep_agreeing():
+    model = biased(model_with_shared_rows())
+    ids = torch.tensor([[3, 150, 200, 7, 299, 121]])  # shared-row tokens among the targets
+    hidden = model.hidden_states(ids)
+    CompactHead.of(model).logprobs(hidden, ids.roll(-1, 1)).sum().backward()
+    grad = model.lm_head.bias.grad
+    assert grad[120:].std().item() == 0 and grad[120].item() != 0
+    model.zero_grad()
+    FullHead(model).logprobs(model.hidden_states(ids), ids.roll(-1, 1)).sum().backward()
+    # the full head's gradient differs token by token inside the row, and the compact head's is its row mean
+    assert torch.allclose(grad[120], model.lm_head.bias.grad[120:].mean(), atol=1e-6)
+    assert torch.allclose(grad[:120], model.lm_head.bias.grad[:120], atol=1e-6)
+
+
+def test_no_compact_head_when_a_rows_tokens_have_different_biases():
+    model = biased(model_with_shared_rows())
+    assert CompactHead.of(model) is not None
+    with torch.no_grad():
+        model.lm_head.bias[200] += 1e-3
+    assert CompactHead.of(model) is None and type(output_head(model, compact=True)) is FullHead

@@ -218,3 +218,10 @@ def test_load_pretrained_by_hub_id_rehashes_the_cache(tmp_path, monkeypatch):
     blob.write_bytes(bytes(content))
     with pytest.raises(HubCacheCorrupt, match="model.safetensors .*delete .*models--tinygpt-tests--tiny"):
         hf.load_pretrained("tinygpt-tests/tiny")
+
+
+def test_a_model_with_a_logit_bias_does_not_export():
+    ours = GPT(GPTConfig(vocab_size=VOCAB, block_size=32, n_layer=2, n_head=2, n_embd=32)).eval()
+    ours.add_logit_bias()
+    with pytest.raises(hf.ConversionError, match="logit bias.*dpo.logit_bias_lr"):
+        hf.hf_from_gpt(ours)

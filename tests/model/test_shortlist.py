@@ -18,10 +18,15 @@ CONFIG = GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32
 TRAIN_IDS = np.random.default_rng(0).integers(0, 120, 4000)  # ids 120..299 never occur in training
 
 
-@pytest.fixture
-def compact():
+@pytest.fixture(params=[False, True], ids=["plain", "logit_bias"])
+def compact(request):
+    """The compact model, and the same with a random logit bias (model.logit_bias), which expands too."""
     torch.manual_seed(0)
-    return ShortlistGPT(CONFIG, TrainVocabulary.of(TRAIN_IDS, 300)).eval()
+    model = ShortlistGPT(dataclasses.replace(CONFIG, logit_bias=request.param), TrainVocabulary.of(TRAIN_IDS, 300))
+    if request.param:
+        with torch.no_grad():
+            model.gpt.lm_head.bias.normal_()
+    return model.eval()
 
 
 def batch_with_unseen_tokens():
@@ -73,6 +78,9 @@ def test_expansion_gives_every_unseen_token_the_shared_row(compact):
     assert all(torch.equal(wte[i], shared) for i in range(120, 300))
     assert torch.equal(wte[:120], compact.gpt.transformer.wte.weight[:120])
     assert compact.param_counts().total == compact.to_full().param_counts().total
+    if compact.config.logit_bias:
+        bias = compact.to_full().lm_head.bias
+        assert (bias[120:] == compact.gpt.lm_head.bias[-1]).all() and torch.equal(bias[:120], compact.gpt.lm_head.bias[:120])
 
 
 def test_unseen_smoothing_moves_target_mass_to_the_unseen_class_in_training_only():

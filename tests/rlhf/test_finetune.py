@@ -69,8 +69,8 @@ def trainable_copy(model: GPT) -> GPT:
     return frozen_copy(model).requires_grad_(True)
 
 
-@pytest.mark.parametrize("advantage", ["gae", "rloo"])
-def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained, advantage):
+@pytest.mark.parametrize("advantage, logit_bias_lr", [("gae", 0.0), ("rloo", 0.0), ("gae", 3e-2)])
+def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained, advantage, logit_bias_lr):
     oracle = Oracle("keyword", KEYWORD)
     p = PreferencesParams(oracle="keyword", keyword=KEYWORD, prompt_tokens=4, continuation_tokens=10,
                           samples_per_prompt=4, batch_size=64)
@@ -89,7 +89,8 @@ def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained, a
     held = torch.as_tensor(prefs.cut_prompts(tiny_language(200, 2), 16, 4, np.random.default_rng(1)))
     before = held_out(ref, ref, reward_model, held, 8, 10, 1.0, 7, oracle, "fp32", 64)
     ppo_params = RlhfParams(steps=20, batch_size=16, minibatch_size=8, ppo_epochs=2, learning_rate=1e-3,
-                            init_kl_coef=0.02, advantage=advantage, samples_per_prompt=4 if advantage == "rloo" else 1)
+                            init_kl_coef=0.02, advantage=advantage, samples_per_prompt=4 if advantage == "rloo" else 1,
+                            logit_bias_lr=logit_bias_lr)
     history = pd.DataFrame(train_ppo(policy, ref, reward_model, np.asarray(prompts["prompt_ids"]), ppo_params,
                                      10, oracle, "fp32"))
     after = held_out(policy.gpt, ref, reward_model, held, 8, 10, 1.0, 7, oracle, "fp32", 64)
@@ -101,6 +102,11 @@ def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained, a
     assert after.gold.mean() > before.gold.mean() + 0.1
     assert before.kl.tolist() == [0.0] * len(before.kl)  # the reference against itself
     assert 0.0 < after.kl.mean() < 20.0
+    if logit_bias_lr:  # the policy gained a logit bias, and " good" (922) rose above the other adjectives
+        bias = policy.gpt.lm_head.bias.detach()
+        assert bias[922].item() > 0 and bias[922].item() > bias[ADJECTIVES[1:]].max().item()
+    else:
+        assert policy.gpt.lm_head.bias is None
 
 
 def tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root, **overrides) -> None:

@@ -23,6 +23,8 @@ class GPTConfig:
     n_embd: int = 128
     dropout: float = 0.0
     bias: bool = True
+    # a learned bias on every token's logit; GPT-2 has none, finetuning adds one (dpo.logit_bias_lr, GPT.add_logit_bias)
+    logit_bias: bool = False
 
     def validate(self, prefix: str = "model") -> None:
         for key in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):

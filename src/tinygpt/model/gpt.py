@@ -7,7 +7,7 @@ to and from Hugging Face is a matter of transposing Conv1D matrices, not renamin
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -111,7 +111,7 @@ class GPT(nn.Module):
                 ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
             )
         )
-        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.logit_bias)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
         self.apply(self._init_weights)
         # GPT-2: each residual branch's output projection is scaled down by 1/sqrt(2 * n_layer), since
@@ -128,6 +128,20 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def add_logit_bias(self) -> nn.Parameter:
+        """The LM head's per-token logit bias, added at zero (the model's outputs do not change) if it has none.
+
+        With the head tied to a 128-wide embedding, the blocks can raise one token's logit only by moving
+        the hidden state toward its embedding row, which raises every token near it too; a bias moves that
+        token alone, in every context. That is the shape of a reward that likes some words wherever they
+        appear (docs/experiments.md, "DPO with a per-token logit bias").
+        """
+        if self.lm_head.bias is None:
+            weight = self.lm_head.weight
+            self.lm_head.bias = nn.Parameter(torch.zeros(weight.size(0), device=weight.device, dtype=weight.dtype))
+            self.config = replace(self.config, logit_bias=True)
+        return self.lm_head.bias
 
     def param_counts(self) -> ParamCounts:
         total = sum(p.numel() for p in self.parameters())  # parameters() yields the tied weight once

@@ -6,6 +6,8 @@ rows in its 50,257-row tied embedding: every token the training split never uses
 that embedding is frozen (PPO's and DPO's default), the full softmax is exactly a softmax over the 11,235
 distinct rows, each row's logit raised by log(how many tokens share it). That makes the LM head, its
 softmax and its backward 4.5 times smaller, with the same numbers as the full head up to rounding.
+A per-token logit bias (GPT.add_logit_bias) enters each row as the mean of its tokens' biases; started
+equal, the tokens of a row then get equal gradients and stay equal, so the two heads go on agreeing.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ class CompactHead(FullHead):
     """The same log-probs over the distinct rows of a frozen tied embedding.
 
     A row shared by n tokens enters the softmax once with log(n) added to its logit (n equal terms
-    exp(z) sum to exp(z + log n)); one of those tokens then has that row's probability divided by n.
+    exp(z) sum to exp(z + log n)); one of those tokens then has that row's probability divided by n. The
+    same holds with a logit bias that is equal across each row's tokens (`of` checks): the row adds it.
     """
 
     def __init__(self, model: GPT, rows: torch.Tensor, row_of_id: torch.Tensor, counts: torch.Tensor):
@@ -80,17 +83,30 @@ class CompactHead(FullHead):
         The rows are copied now: the caller must keep the embedding frozen (finetune.freeze_embeddings),
         or the compact head would go on scoring the old rows.
         """
-        weight = model.lm_head.weight
+        weight, bias = model.lm_head.weight, model.lm_head.bias
         rows, row_of_id, counts = torch.unique(weight, dim=0, return_inverse=True, return_counts=True)
         if len(rows) * min_saving > len(weight):
             return None
+        if bias is not None and not equal_within_rows(bias, row_of_id, len(rows)):
+            return None  # tokens of one row with different biases: only the full head is exact
         return cls(model, rows.detach().clone(), row_of_id, counts)
 
     def _scaled(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
         """Logits over the distinct rows, log-counts added: their logsumexp is the full vocabulary's."""
         logits = F.linear(hidden, self.rows.to(hidden.dtype)).float()
+        bias = self.row_bias()
+        logits = logits if bias is None else logits + bias
         logits = logits if temperature == 1.0 else logits / temperature
         return logits + self.log_counts
+
+    def row_bias(self) -> torch.Tensor | None:
+        """Each row's logit bias (fp32): the mean over its tokens, so each of them gets 1/n of the row's
+        gradient and, starting equal, they stay equal. None without a bias."""
+        bias = self.model.lm_head.bias
+        if bias is None:
+            return None
+        summed = torch.zeros(len(self.counts), device=bias.device).index_add(0, self.row_of_id, bias.float())
+        return summed / self.counts
 
     def logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         rows = self.row_of_id[ids]
@@ -112,6 +128,14 @@ class CompactHead(FullHead):
         count = self.counts[row]
         member = torch.minimum((within.clamp_min(0) * count).long(), count - 1)
         return self.ids_by_row[self.first_of_row[row] + member].squeeze(-1)
+
+
+def equal_within_rows(bias: torch.Tensor, row_of_id: torch.Tensor, n_rows: int) -> bool:
+    """Whether every row's tokens have one bias (the compact head's condition for being exact)."""
+    bias = bias.detach().float()
+    low = torch.full((n_rows,), float("inf"), device=bias.device).scatter_reduce(0, row_of_id, bias, "amin")
+    high = torch.full((n_rows,), float("-inf"), device=bias.device).scatter_reduce(0, row_of_id, bias, "amax")
+    return bool(torch.equal(low, high))
 
 
 def output_head(model: GPT, compact: bool) -> FullHead:

@@ -161,6 +161,10 @@ def gpt_from_hf(hf_model: GPT2LMHeadModel, bias: bool = True, dropout: float | N
 
 def hf_from_gpt(model: GPT) -> GPT2LMHeadModel:
     """Export our GPT as a GPT2LMHeadModel (eval mode, fp32). A bias-free GPT gets zero biases."""
+    if model.config.logit_bias:
+        raise ConversionError("this GPT has a per-token logit bias (a policy finetuned with dpo.logit_bias_lr) and "
+                              "GPT2LMHeadModel's LM head has none: exporting it would change its outputs; export "
+                              "the pretrained model, or finetune with dpo.logit_bias_lr: 0")
     hf_model = GPT2LMHeadModel(config_to_hf(model.config))
     ours = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     state = {}

@@ -118,9 +118,10 @@ class ShortlistGPT(nn.Module):
         return logits, (nll * keep).sum() / keep.sum().clamp(min=1)
 
     def param_counts(self) -> ParamCounts:
-        """The expanded GPT's counts: each unseen token adds one embedding row."""
+        """The expanded GPT's counts: each unseen token adds one embedding row (and logit bias)."""
         compact = self.gpt.param_counts()
-        extra_rows = (self.config.vocab_size - self.vocab.compact_size) * self.config.n_embd
+        per_token = self.config.n_embd + (1 if self.config.logit_bias else 0)  # its embedding row and bias
+        extra_rows = (self.config.vocab_size - self.vocab.compact_size) * per_token
         return ParamCounts(total=compact.total + extra_rows, non_embedding=compact.non_embedding)
 
     @torch.no_grad()
@@ -130,6 +131,8 @@ class ShortlistGPT(nn.Module):
         state = dict(self.gpt.state_dict())
         wte = state["transformer.wte.weight"][self.compact_ids]
         state["transformer.wte.weight"] = state["lm_head.weight"] = wte
+        if "lm_head.bias" in state:  # model.logit_bias: the unseen tokens share their row's bias as its weights
+            state["lm_head.bias"] = state["lm_head.bias"][self.compact_ids]
         full.load_state_dict(state)
         full.train(self.training)
         return full

@@ -128,6 +128,7 @@ class RlhfParams:
     temperature: float = 1.0
     learning_rate: float = 5e-5
     train_embeddings: bool = False
+    logit_bias_lr: float = 0.0  # learning rate of a per-token logit bias the policy gains (GPT.add_logit_bias); 0 = none
     adaptive_kl: bool = True
     init_kl_coef: float = 0.05
     target_kl: float = 4.0
@@ -161,7 +162,7 @@ class RlhfParams:
             require(self.samples_per_prompt >= 2, "rlhf.samples_per_prompt",
                     "at least 2 with rlhf.advantage: rloo (the baseline is the other samples' mean)",
                     self.samples_per_prompt)
-        for key in ("init_kl_coef", "vf_coef", "ptx_coef"):
+        for key in ("init_kl_coef", "vf_coef", "ptx_coef", "logit_bias_lr"):
             non_negative(f"rlhf.{key}", getattr(self, key))
         positive("rlhf.ptx_batch_size", self.ptx_batch_size)
         for key in ("gamma", "lam"):
@@ -194,6 +195,7 @@ class DpoParams:
     ptx_coef: float = 0.1  # weight of the next-token loss on train-split windows (as rlhf.ptx_coef); 0 = off
     ptx_batch_size: int = 8
     kl_coef: float = 0.0  # weight of the pairs' token-level KL to the reference (nats per continuation); 0 = off
+    logit_bias_lr: float = 1e-2  # learning rate of a per-token logit bias the policy gains (GPT.add_logit_bias); 0 = none
     eval_interval: int = 96  # steps between held-out evaluations; 0 = only at the start and the end
     seed: int = 1337
     device: str = "auto"
@@ -203,7 +205,7 @@ class DpoParams:
         for key in ("beta", "learning_rate", "epochs", "batch_size", "grad_clip"):
             positive(f"dpo.{key}", getattr(self, key))
         positive("dpo.ptx_batch_size", self.ptx_batch_size)
-        for key in ("warmup_steps", "max_pairs", "eval_interval", "ptx_coef", "kl_coef"):
+        for key in ("warmup_steps", "max_pairs", "eval_interval", "ptx_coef", "kl_coef", "logit_bias_lr"):
             non_negative(f"dpo.{key}", getattr(self, key))
         one_of("dpo.pairs", self.pairs, ("preferences", "reward_ranked"))
         one_of("dpo.trainable", self.trainable, TRAINABLE_SCOPES)

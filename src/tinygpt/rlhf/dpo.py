@@ -28,7 +28,7 @@ from tinygpt.data.batches import RandomWindows
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import FullHead, output_head
 from tinygpt.rlhf.config import DpoParams
-from tinygpt.rlhf.finetune import ptx_loss, restrict_training
+from tinygpt.rlhf.finetune import finetuning_optimizer, ptx_loss, restrict_training
 from tinygpt.rlhf.reward_model import lr_factor, pad_sequences
 from tinygpt.rlhf.rollout import action_hidden
 
@@ -256,7 +256,7 @@ def train_dpo(
     device = next(policy.parameters()).device
     draw = pairs if callable(pairs) else lambda round_index, model: pairs
     # freezes at least the embedding the compact head copies
-    optimizer = dpo_optimizer(policy, dpo_params.learning_rate, dpo_params.trainable)
+    optimizer = dpo_optimizer(policy, dpo_params.learning_rate, dpo_params.trainable, dpo_params.logit_bias_lr)
     head, ref_head = output_head(policy, compact=True), output_head(ref, compact=True)
     pretrain = None
     if corpus is not None and dpo_params.ptx_coef > 0:
@@ -292,19 +292,22 @@ def train_dpo(
     return history
 
 
-def dpo_optimizer(policy: GPT, learning_rate: float, trainable: str = "blocks") -> torch.optim.Adam:
+def dpo_optimizer(
+    policy: GPT, learning_rate: float, trainable: str = "blocks", logit_bias_lr: float = 0.0
+) -> torch.optim.Adam:
     """Adam over the policy without its token and position embeddings (which it freezes), and with
-    `trainable: biases` over its biases and LayerNorm gains only (finetune.restrict_training).
+    `trainable: biases` over its biases and LayerNorm gains only (finetune.restrict_training); with
+    `logit_bias_lr` > 0 also over a per-token logit bias it adds to the policy (GPT.add_logit_bias), at
+    that learning rate.
 
     The token embedding is also the LM head: a DPO step on it moves the logit of every one of the 50k
     tokens, most of which no pair contains, and Adam's per-weight normalisation makes those rare-token
     updates as large as the common ones. Freezing it keeps the output vocabulary the language model
     learned, and DPO trains the same weights as PPO (finetune.restrict_training), so the two compare.
+    The logit bias (finetune.finetuning_optimizer) is the exception that pays: it moves one word's logit.
     """
     restrict_training(policy, trainable)
-    trained = [w for w in policy.parameters() if w.requires_grad]
-    device = trained[0].device
-    return torch.optim.Adam(trained, lr=learning_rate, fused=device.type in ("cpu", "cuda"))
+    return finetuning_optimizer(list(policy.parameters()), learning_rate, policy, logit_bias_lr)
 
 
 def dpo_step(

@@ -73,6 +73,26 @@ def restrict_training(model: GPT, scope: str) -> None:
                 param.requires_grad_(False)
 
 
+def finetuning_optimizer(weights: list[torch.nn.Parameter], learning_rate: float, gpt: GPT,
+                         logit_bias_lr: float = 0.0) -> torch.optim.Adam:
+    """Adam over `weights` at `learning_rate` and, with `logit_bias_lr` > 0, over a per-token logit bias
+    added to `gpt` (GPT.add_logit_bias) at that rate, in a group of its own (PPO's and DPO's optimizer).
+
+    The LM head is tied to a 128-wide embedding: the blocks can raise one word's logit only by moving the
+    hidden state toward its row, which raises every word near it. The bias raises that word alone, in every
+    context, which is the shape of a reward for words (VADER's lexicon). A logit moves by about the
+    learning rate per Adam step and a word's tilt is ~1 nat, so it needs ~500x the blocks' rate.
+    """
+    bias = gpt.lm_head.bias
+    if bias is not None:  # a model that has one already trains it only at logit_bias_lr
+        bias.requires_grad_(False)
+    groups = [{"params": [w for w in weights if w is not bias and w.requires_grad], "lr": learning_rate}]
+    if logit_bias_lr > 0:
+        groups.append({"params": [gpt.add_logit_bias().requires_grad_(True)], "lr": logit_bias_lr})
+    device = groups[0]["params"][0].device
+    return torch.optim.Adam(groups, lr=learning_rate, fused=device.type in ("cpu", "cuda"))
+
+
 def frozen_copy(model: GPT) -> GPT:
     """The reference model: a copy of the initial policy that never trains."""
     ref = copy.deepcopy(model).eval()
@@ -238,8 +258,8 @@ def train_ppo(
     # The compact head is exact only while the embedding it copied stays frozen.
     policy.head = output_head(policy.gpt, compact=not rlhf_params.train_embeddings)
     ref_head = output_head(ref, compact=True)
-    trained = [w for w in policy.parameters() if w.requires_grad]
-    optimizer = torch.optim.Adam(trained, lr=rlhf_params.learning_rate, fused=device.type in ("cpu", "cuda"))
+    optimizer = finetuning_optimizer(list(policy.parameters()), rlhf_params.learning_rate, policy.gpt,
+                                     rlhf_params.logit_bias_lr)
     controller = kl_controller(rlhf_params)
     group = rlhf_params.samples_per_prompt  # each prompt's rollouts sit side by side (rloo_advantages)
     batches = prompt_batches(len(prompts), rlhf_params.batch_size // group, np.random.default_rng(rlhf_params.seed))
