@@ -128,7 +128,7 @@ class RlhfParams:
     temperature: float = 1.0
     learning_rate: float = 5e-5
     train_embeddings: bool = False
-    logit_bias_lr: float = 0.0  # learning rate of a per-token logit bias the policy gains (GPT.add_logit_bias); 0 = none
+    logit_bias_lr: float = 1e-2  # learning rate of a per-token logit bias the policy gains (GPT.add_logit_bias); 0 = none
     adaptive_kl: bool = True
     init_kl_coef: float = 0.05
     target_kl: float = 4.0
