@@ -27,13 +27,14 @@ def measure(keep: bool, steps: int) -> float:
     from tinygpt.core.allocator import keep_freed_memory
     from tinygpt.core.device import resolve_precision
     from tinygpt.data.tokens import read_tokens
-    from tinygpt.pipeline import params, paths
+    from tinygpt.pipeline import paths
+    from tinygpt.pipeline.sections import load_named
     from tinygpt.train.checkpoint import CheckpointDir
     from tinygpt.train.loop import compiled, init_state, pretrain_step
 
     if keep:
         keep_freed_memory()
-    sections = params.load_sections("model", "train")
+    sections = load_named("model", "train")
     config, p = sections.model, dataclasses.replace(sections.train, device="cpu")
     device = torch.device("cpu")
     precision = resolve_precision(p.precision, device)

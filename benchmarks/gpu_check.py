@@ -40,11 +40,11 @@ from tinygpt.core import io
 from tinygpt.core.device import resolve_precision
 from tinygpt.data import tokenizer
 from tinygpt.data.corpus_tokens import TokenFiles, tokenize_corpus
-from tinygpt.data.tokens import (read_offsets, read_tokens,
-                                 split_tokens, write_tokens)
+from tinygpt.data.tokens import read_offsets, read_tokens, split_tokens, write_tokens
 from tinygpt.model.config import GPTConfig, preset
 from tinygpt.model.shortlist import TrainVocabulary
-from tinygpt.pipeline import params, paths
+from tinygpt.pipeline import paths
+from tinygpt.pipeline.sections import load_named
 from tinygpt.train.config import TrainParams
 from tinygpt.train.flops import GpuPeak, flops_per_token, gpu_peak, mfu
 from tinygpt.train.loop import train
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.version.cuda or 'none'})", file=sys.stderr)
         return NO_CUDA_EXIT
     started = time.monotonic()
-    sections = params.load_sections("model", "train", "tokenize", "split")
+    sections = load_named("model", "train", "tokenize", "split")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = gpu_peak(name) if device.type == "cuda" else None
     print(device_line(device, name, peak))

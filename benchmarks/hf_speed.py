@@ -16,17 +16,16 @@ import torch
 
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.eval.speed import SpeedSettings, compare_speed, format_speed
-from tinygpt.model import config as gpt_config
-from tinygpt.model import weights
+from tinygpt.model import config as gpt_config, weights
 from tinygpt.model.gpt import GPT
 from tinygpt.model.hf import hf_from_gpt
-from tinygpt.pipeline import params
+from tinygpt.pipeline.sections import load_named
 
 
 def build_model(args: argparse.Namespace) -> GPT:
     if args.model_dir:
         return weights.load_model(args.model_dir)
-    config = gpt_config.preset(args.preset) if args.preset else params.load_sections("model").model
+    config = gpt_config.preset(args.preset) if args.preset else load_named("model").model
     torch.manual_seed(0)
     return GPT(config).eval()
 

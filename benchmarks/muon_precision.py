@@ -18,7 +18,7 @@ import torch
 
 from tinygpt.core.device import cpu_has_fast_bf16
 from tinygpt.model.gpt import GPT
-from tinygpt.pipeline import params
+from tinygpt.pipeline.sections import load_named
 from tinygpt.train.optim import Fp32Muon, is_hidden_matrix, orthogonalise_fp32
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's defaults
@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = params.load_sections("model").model
+    config = load_named("model").model
     torch.manual_seed(0)
     matrices = hidden_matrices(config)
     grads = [torch.randn_like(q) for q in matrices]

@@ -23,10 +23,10 @@ import torch
 
 from tinygpt.data.batches import fixed_batches
 from tinygpt.data.tokens import read_tokens
-from tinygpt.pipeline import params, paths
+from tinygpt.pipeline import paths
+from tinygpt.pipeline.sections import load_named
 from tinygpt.train.checkpoint import CheckpointDir
-from tinygpt.train.loop import (compiled, estimate_loss, init_state,
-                                pretrain_step)
+from tinygpt.train.loop import compiled, estimate_loss, init_state, pretrain_step
 
 
 def run_lockstep(config, p, precisions: dict[str, tuple[str, int]], steps: int, cpu_time: bool, eval_every: int):
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    sections = params.load_sections("model", "train")
+    sections = load_named("model", "train")
     config, p = sections.model, dataclasses.replace(sections.train, compile=args.compile, device="cpu")
     p = dataclasses.replace(p, max_steps=args.steps, warmup_steps=min(p.warmup_steps, args.steps))
     runs = run_lockstep(config, p, {"fp32": ("fp32", p.seed), "bf16": ("bf16", p.seed),

@@ -17,14 +17,14 @@ from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model import weights
 from tinygpt.model.generate import generate_cached
 from tinygpt.model.gpt import GPT
-from tinygpt.pipeline import params
+from tinygpt.pipeline.sections import load_named
 
 
 def build_model(model_dir: str | None) -> GPT:
     if model_dir:
         return weights.load_model(model_dir)
     torch.manual_seed(0)
-    return GPT(params.load_sections("model").model).eval()
+    return GPT(load_named("model").model).eval()
 
 
 def best_seconds(run, repeats: int) -> float:

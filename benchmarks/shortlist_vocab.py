@@ -25,14 +25,15 @@ import torch
 from tinygpt.core.allocator import keep_freed_memory
 from tinygpt.core.device import resolve_precision
 from tinygpt.data.tokens import read_tokens
-from tinygpt.pipeline import params, paths
+from tinygpt.pipeline import paths
+from tinygpt.pipeline.sections import load_named
 from tinygpt.train.checkpoint import CheckpointDir
 from tinygpt.train.loop import compiled, init_state, pretrain_step
 
 
 def measure(shortlist: bool, steps: int) -> tuple[float, float]:
     """(median tokens/s, mean loss of the timed steps) of compiled training steps on CPU."""
-    sections = params.load_sections("model", "train")
+    sections = load_named("model", "train")
     config = sections.model
     p = dataclasses.replace(sections.train, device="cpu", shortlist_vocab=shortlist,
                             unseen_smoothing=sections.train.unseen_smoothing if shortlist else 0.0)

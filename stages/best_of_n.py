@@ -14,7 +14,9 @@ from tinygpt.model.weights import load_model
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.best_of_n import write_outputs
+from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf.best_of_n import best_of_n_curve, soft_best_of_n_curve
+from tinygpt.rlhf.config import BestOfNParams, HeldOutParams, PreferencesParams
 from tinygpt.rlhf.heldout import held_out
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.preferences import load_prompts
@@ -23,7 +25,7 @@ from tinygpt.rlhf.reward_model import load_reward_model
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections("best_of_n", "heldout", "preferences", "tracking")
+    p = params.load_sections(best_of_n=BestOfNParams, heldout=HeldOutParams, preferences=PreferencesParams, tracking=TrackingParams)
     bon, settings, preferences_params = p.best_of_n, p.heldout, p.preferences
     flat = params.flatten({"best_of_n": bon, "heldout": settings, "preferences": preferences_params})
     with tracking.stage_run("best_of_n", flat, p.tracking) as run:

@@ -6,14 +6,14 @@ pass unnoticed; this stage depends on the whole file and is upstream of all the 
 the same text whenever the file is valid, so a changed key reruns only the stages that read it. It
 never imports torch (tests/pipeline/test_check_params.py checks that), so it costs about a second plus MLflow."""
 from tinygpt.core import io
-from tinygpt.pipeline import params, paths, tracking
+from tinygpt.pipeline import params, paths, sections as all_sections, tracking
 from tinygpt.pipeline.cli import run_stage
 
 CHECKED = "params.yaml passed validation: every section and key is known, typed and in range.\n"
 
 
 def main() -> None:
-    sections = params.load_all()
+    sections = all_sections.load_all()
     flat = params.flatten(sections)
     with tracking.stage_run("check_params", flat, sections["tracking"]) as run:
         io.write_text(paths.PARAMS_CHECKED, CHECKED)

@@ -7,15 +7,17 @@ import sys
 from tinygpt.core import io
 from tinygpt.data.tokens import read_tokens
 from tinygpt.eval.compare import UNAVAILABLE, run_compare, summary_lines
+from tinygpt.eval.config import CompareParams, EvalParams
 from tinygpt.model import weights
 from tinygpt.model.hf import PretrainedUnavailable
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.compare import write_compare
+from tinygpt.pipeline.params import TrackingParams
 
 
 def main() -> None:
-    p = params.load_sections("compare", "eval", "tracking")
+    p = params.load_sections(compare=CompareParams, eval=EvalParams, tracking=TrackingParams)
     flat = params.flatten({"compare": p.compare, "eval": p.eval})
     with tracking.stage_run("compare", flat, p.tracking) as run:
         run.log_dataset(paths.VAL_BIN, "evaluation")

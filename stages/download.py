@@ -2,13 +2,15 @@
 Face dataset) as one text file and the byte offset of each document.
 In: params data.*, data/corpus/. Out: data/raw/{input.txt, documents.npy, manifest.json}, metrics/download.json."""
 from tinygpt.core import io
+from tinygpt.data.config import DataParams
 from tinygpt.data.sources import fetch_corpus
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.params import TrackingParams
 
 
 def main() -> None:
-    p = params.load_sections("data", "tracking")
+    p = params.load_sections(data=DataParams, tracking=TrackingParams)
     with tracking.stage_run("download", params.flatten({"data": p.data}), p.tracking) as run:
         summary = fetch_corpus(p.data, paths.RAW_CORPUS, paths.RAW_DOCUMENTS)
         io.write_json(paths.RAW_MANIFEST, summary.as_dict())

@@ -7,7 +7,6 @@ Out: models/dpo/, metrics/dpo.json, plots/dpo/, reports/dpo/samples.md."""
 import time
 
 import torch
-from datasets import concatenate_datasets
 
 from tinygpt.core import io
 from tinygpt.core.device import resolve_device, resolve_precision
@@ -16,19 +15,21 @@ from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.dpo import write_outputs
+from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf import dpo
+from tinygpt.rlhf.config import DpoParams, HeldOutParams, PreferencesParams
 from tinygpt.rlhf.finetune import frozen_copy
 from tinygpt.rlhf.frontier import FrontierTracker
 from tinygpt.rlhf.heldout import EvalTask
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.preferences import load_pairs, load_prompts
-from tinygpt.rlhf.ranked_pairs import RankedRounds
+from tinygpt.rlhf.ranked_pairs import reward_ranked_pairs
 from tinygpt.rlhf.reward_model import load_reward_model
 
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections("dpo", "heldout", "preferences", "tracking")
+    p = params.load_sections(dpo=DpoParams, heldout=HeldOutParams, preferences=PreferencesParams, tracking=TrackingParams)
     dpo_params, preferences_params = p.dpo, p.preferences
     flat = params.flatten({"dpo": dpo_params, "heldout": p.heldout, "preferences": preferences_params})
     with tracking.stage_run("dpo", flat, p.tracking, system_metrics=True) as run:
@@ -53,18 +54,17 @@ def main() -> None:
         pairs = load_pairs(paths.PREFERENCE_PAIRS)
         train_start = time.perf_counter()
         train_pairs = pairs["train"]
-        if ranked:  # samples of the reference (and in later rounds the policy), judged by the reward model
-            train_pairs = RankedRounds(
-                task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), dpo_params,
-                preferences_params.continuation_tokens, preferences_params.temperature, precision,
-                p.heldout.batch_size)
+        if ranked:  # samples of the reference, judged by the reward model
+            train_pairs = reward_ranked_pairs(
+                ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), dpo_params.ranked_samples,
+                preferences_params.continuation_tokens, preferences_params.temperature, dpo_params.seed, precision,
+                p.heldout.batch_size, dpo_params.ranked_pairs)
         history = dpo.train_dpo(
             policy, ref, train_pairs, dpo_params, precision, on_step=run.log_step,
             on_eval=lambda step, model: tracker.add(step, model) if step > 0 else None,  # step 0: the reference
             corpus=read_tokens(paths.TRAIN_BIN) if dpo_params.ptx_coef > 0 else None,
         )
         train_seconds = time.perf_counter() - train_start - tracker.seconds
-        rounds = train_pairs.drawn if ranked else [train_pairs]
         save_model(tracker.selected_model, paths.DPO_DIR)
         written = write_outputs(history, tracker, task)
         held_out_pairs = {}
@@ -74,8 +74,7 @@ def main() -> None:
             held_out_pairs[name] = dpo.evaluate_dpo(tracker.selected_model, data, reference, dpo_params.beta,
                                                     4 * dpo_params.batch_size, precision)
         metrics = {**tracker.metrics(), "pairs": held_out_pairs,
-                   "training_pairs": dpo.pair_summary(concatenate_datasets(rounds)),
-                   "rounds": [dpo.pair_summary(round_pairs) for round_pairs in rounds],
+                   "training_pairs": dpo.pair_summary(train_pairs),
                    "steps": len(history), "precision": precision,
                    "train_seconds": train_seconds, "eval_seconds": tracker.seconds,
                    "wall_seconds": time.perf_counter() - start}

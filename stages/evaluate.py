@@ -3,15 +3,17 @@ pretrained model. In: models/pretrain/, data/split/. Out: metrics/evaluate.json,
 reports/evaluate/."""
 from tinygpt.core import io
 from tinygpt.data.tokens import read_tokens
+from tinygpt.eval.config import EvalParams
 from tinygpt.eval.evaluate import evaluate_model, summary_line
 from tinygpt.model import weights
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.evaluate import write_evaluation
+from tinygpt.pipeline.params import TrackingParams
 
 
 def main() -> None:
-    p = params.load_sections("eval", "tracking")
+    p = params.load_sections(eval=EvalParams, tracking=TrackingParams)
     with tracking.stage_run("evaluate", params.flatten({"eval": p.eval}), p.tracking) as run:
         run.log_dataset(paths.TRAIN_BIN, "evaluation")
         run.log_dataset(paths.VAL_BIN, "evaluation")

@@ -10,6 +10,8 @@ from tinygpt.core import io
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.frontier import write_outputs
+from tinygpt.pipeline.params import TrackingParams
+from tinygpt.rlhf.config import PreferencesParams
 from tinygpt.rlhf.frontier import against_best_of_n
 
 METHODS = {"PPO": ("rlhf", paths.RLHF_FRONTIER_CSV), "DPO": ("dpo", paths.DPO_FRONTIER_CSV)}
@@ -17,7 +19,7 @@ METHODS = {"PPO": ("rlhf", paths.RLHF_FRONTIER_CSV), "DPO": ("dpo", paths.DPO_FR
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections("preferences", "tracking")
+    p = params.load_sections(preferences=PreferencesParams, tracking=TrackingParams)
     with tracking.stage_run("frontier", {"preferences.oracle": p.preferences.oracle}, p.tracking) as run:
         curve = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
         best_of_n = curve[curve["set"] == "report"].reset_index(drop=True)

@@ -12,13 +12,15 @@ from tinygpt.data.tokens import read_tokens
 from tinygpt.model.weights import load_model
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf import preferences as prefs
+from tinygpt.rlhf.config import PreferencesParams
 from tinygpt.rlhf.oracles import Oracle
 
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections("preferences", "tracking")
+    p = params.load_sections(preferences=PreferencesParams, tracking=TrackingParams)
     preferences_params = p.preferences
     flat = params.flatten({"preferences": preferences_params})
     with tracking.stage_run("preferences", flat, p.tracking) as run:

@@ -1,6 +1,6 @@
 """Stage pretrain: train the GPT on the train split, resuming from the configuration's last checkpoint.
-In: data/split/train.bin, val.bin. Out: models/pretrain/, metrics/pretrain.json, plots/pretrain/,
-reports/pretrain/ (samples). Checkpoints: .cache/pretrain/<config hash>/.
+In: data/split/train.bin, val.bin. Out: models/pretrain/, metrics/pretrain.json, plots/pretrain/.
+Checkpoints: .cache/pretrain/<config hash>/.
 
 With train.nproc_per_node > 1 the stage starts itself again under torchrun, as that many processes;
 started by torchrun (several machines), it runs as one of its processes. Rank 0 alone logs to MLflow
@@ -12,16 +12,19 @@ from types import SimpleNamespace
 from tinygpt.core import io
 from tinygpt.data.tokens import read_tokens
 from tinygpt.model import weights
+from tinygpt.model.config import GPTConfig
 from tinygpt.pipeline import codedeps, params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs import pretrain as pretrain_outputs
+from tinygpt.pipeline.params import TrackingParams
 from tinygpt.train import distributed
+from tinygpt.train.config import TrainParams
 from tinygpt.train.loop import TrainResult, train
 
 
 def main() -> None:
     started = time.perf_counter()
-    p = params.load_sections("model", "train", "tracking")
+    p = params.load_sections(model=GPTConfig, train=TrainParams, tracking=TrackingParams)
     if distributed.needs_launch(p.train.nproc_per_node):
         sys.exit(distributed.launch("stages.pretrain", p.train.nproc_per_node))
     with distributed.process_group(p.train.device) as world:
@@ -33,7 +36,7 @@ def main() -> None:
 
 def run_training(p: SimpleNamespace, world: distributed.World, on_step=None) -> TrainResult:
     return train(p.model, p.train, paths.TRAIN_BIN, paths.VAL_BIN, paths.PRETRAIN_CACHE, on_step=on_step,
-                 code_version=codedeps.code_digest("pretrain"), world=world)
+                 code_version=codedeps.code_digest("tinygpt.train.loop"), world=world)
 
 
 def train_and_write(p: SimpleNamespace, world: distributed.World, started: float) -> None:
@@ -48,7 +51,6 @@ def train_and_write(p: SimpleNamespace, world: distributed.World, started: float
                                                  io.read_json(paths.SPLIT_META)["val"]["bytes"], device,
                                                  result.metrics["precision"])
         written = pretrain_outputs.write_plots(result)
-        written += pretrain_outputs.write_samples(pretrain_outputs.samples(result, p.train), p.train)
         run.set_tags({"checkpoint_dir": result.checkpoint_dir, "resumed_from_step": result.resumed_from})
         metrics = {**result.metrics, "whole_val": whole_val, "resumed_from_step": result.resumed_from,
                    "wall_seconds": time.perf_counter() - started}

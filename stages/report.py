@@ -2,12 +2,12 @@
 In: every stage's metrics/<stage>.json, plots/, reports/. Out: reports/summary.md, reports/dashboard.html,
 metrics/report.json."""
 from tinygpt.core import io
-from tinygpt.pipeline import params, paths, report
+from tinygpt.pipeline import params, paths, report, sections
 from tinygpt.pipeline.cli import run_stage
 
 
 def main() -> None:
-    p = params.load_sections(*params.SECTIONS)  # the pipeline run records every parameter
+    p = params.load_sections(**sections.SECTIONS)  # the pipeline run records every parameter
     recorded = {k: v for k, v in params.flatten(p).items() if k not in params.NOT_DVC_DEPS}
     state = report.PipelineState(recorded, report.read_stage_metrics())
     result = report.publish(state, p.tracking)

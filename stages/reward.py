@@ -11,13 +11,15 @@ from tinygpt.model.weights import load_model
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs import reward as reward_outputs
+from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf import reward_model as rm
+from tinygpt.rlhf.config import RewardParams
 from tinygpt.rlhf.preferences import load_pairs
 
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections("reward", "tracking")
+    p = params.load_sections(reward=RewardParams, tracking=TrackingParams)
     reward_params = p.reward
     with tracking.stage_run("reward", params.flatten({"reward": reward_params}), p.tracking,
                             system_metrics=True) as run:

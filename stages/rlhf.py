@@ -15,6 +15,8 @@ from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.rlhf import write_outputs
+from tinygpt.pipeline.params import TrackingParams
+from tinygpt.rlhf.config import HeldOutParams, PreferencesParams, RlhfParams
 from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
 from tinygpt.rlhf.frontier import FrontierTracker
 from tinygpt.rlhf.heldout import EvalTask
@@ -25,7 +27,7 @@ from tinygpt.rlhf.reward_model import load_reward_model
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections("rlhf", "heldout", "preferences", "tracking")
+    p = params.load_sections(rlhf=RlhfParams, heldout=HeldOutParams, preferences=PreferencesParams, tracking=TrackingParams)
     rlhf_params, preferences_params = p.rlhf, p.preferences
     flat = params.flatten({"rlhf": rlhf_params, "heldout": p.heldout, "preferences": preferences_params})
     with tracking.stage_run("rlhf", flat, p.tracking, system_metrics=True) as run:

@@ -2,15 +2,22 @@
 split by whole documents (drawn with split.seed).
 In: data/tokens/. Out: data/split/{train.bin, val.bin, split.json}, metrics/split.json."""
 from tinygpt.core import io
-from tinygpt.data.tokens import (read_document_index, read_offsets,
-                                 read_tokens, split_documents, split_tokens,
-                                 write_tokens)
+from tinygpt.data.config import SplitParams
+from tinygpt.data.tokens import (
+    read_document_index,
+    read_offsets,
+    read_tokens,
+    split_documents,
+    split_tokens,
+    write_tokens,
+)
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.params import TrackingParams
 
 
 def main() -> None:
-    p = params.load_sections("split", "tracking")
+    p = params.load_sections(split=SplitParams, tracking=TrackingParams)
     with tracking.stage_run("split", params.flatten({"split": p.split}), p.tracking) as run:
         run.log_dataset(paths.TOKENS_BIN, "input")
         meta = io.read_json(paths.TOKENS_META)

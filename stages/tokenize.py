@@ -5,20 +5,21 @@ from dataclasses import asdict
 
 from tinygpt.core import io
 from tinygpt.data import tokenizer
+from tinygpt.data.config import TokenizeParams
 from tinygpt.data.corpus_tokens import TokenFiles, tokenize_corpus
 from tinygpt.data.tokens import read_document_index
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.params import TrackingParams
 
 
 def main() -> None:
-    p = params.load_sections("tokenize", "tracking")
+    p = params.load_sections(tokenize=TokenizeParams, tracking=TrackingParams)
     with tracking.stage_run("tokenize", params.flatten({"tokenize": p.tokenize}), p.tracking) as run:
         run.log_dataset(paths.RAW_CORPUS, "input")
         out = TokenFiles(paths.TOKENS_BIN, paths.TOKEN_OFFSETS, paths.TOKEN_DOCUMENTS)
         summary = tokenize_corpus(paths.RAW_CORPUS, read_document_index(paths.RAW_DOCUMENTS, "download"),
-                                  tokenizer.get_encoding(p.tokenize.encoding), out, threads=p.tokenize.threads,
-                                  chunk_bytes=int(p.tokenize.chunk_mb * (1 << 20)))
+                                  tokenizer.get_encoding(p.tokenize.encoding), out, threads=p.tokenize.threads)
         meta = {**asdict(summary), "vocab_size": tokenizer.N_VOCAB, "tokenizer": p.tokenize.encoding,
                 "tokenizer_files_sha256": tokenizer.file_hashes()}
         io.write_json(paths.TOKENS_META, meta)

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,21 +21,21 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 TINY_PIPELINE = {
     "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32},
     "train": {"max_steps": 6, "batch_size": 2, "warmup_steps": 2, "eval_interval": 3, "eval_batches": 1,
-              "checkpoint_interval": 3, "log_interval": 1, "compile": False, "sample_tokens": 4},
+              "checkpoint_interval": 3, "compile": False},
     "eval": {"batch_size": 8, "stride": 16, "train_tokens": 256, "train_segments": 2, "prompts": ["ROMEO:"],
-             "sample_max_new_tokens": 4, "temperature_max_iter": 3},
+             "sample_max_new_tokens": 4},
     "compare": {"pretrained": "missing-gpt2-dir/", "allow_download": False, "fidelity_tokens": 256,
-                "speed_batch_size": 1, "speed_repeats": 1, "speed_warmup": 0, "speed_pretrained": False},
+                "speed_batch_size": 1, "speed_pretrained": False},
     # Enough continuations that some carry a VADER word: a 6-step model samples nearly at random, and a
     # split whose pairs all tie is (rightly) an error.
     "preferences": {"train_prompts": 8, "val_prompts": 8, "selection_prompts": 4, "samples_per_prompt": 4,
                     "prompt_tokens": 4,
                     "continuation_tokens": 11, "batch_size": 16},
     "reward": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
-    "heldout": {"samples_per_prompt": 1, "batch_size": 16, "table_samples": 2},
+    "heldout": {"samples_per_prompt": 1, "batch_size": 16},
     "best_of_n": {"max_n": 4},
     "rlhf": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1},
-    "dpo": {"batch_size": 8, "max_pairs": 16, "eval_interval": 1},
+    "dpo": {"ranked_samples": 4, "ranked_pairs": 2, "batch_size": 8, "eval_interval": 1},
 }
 
 
@@ -91,16 +92,13 @@ def set_params(project: Path, **sections) -> None:
     path.write_text(yaml.safe_dump(values, sort_keys=False))
 
 
-def dvc(project: Path, *args: str, check: bool = True, own_code: bool = False,
+def dvc(project: Path, *args: str, check: bool = True,
         env_vars: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run dvc in `project`; with `own_code`, its stages import the copy's src/ rather than the
-    installed (editable) package, so edits to the copy's modules take effect. `env_vars` are set for
-    dvc and its stages (e.g. MLFLOW_TRACKING_URI; unset, the stages log to <project>/mlflow.db)."""
+    """Run dvc in `project` (its stages import the copy's own src/: stages/__init__.py). `env_vars` are set
+    for dvc and its stages (e.g. MLFLOW_TRACKING_URI; unset, the stages log to <project>/mlflow.db)."""
     env = dict(os.environ)
     env.pop("MLFLOW_TRACKING_URI", None)
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env["PATH"]  # stages run this python
-    if own_code:
-        env["PYTHONPATH"] = str(project / "src")
     env.update(env_vars or {})
     # Output goes through files, not pipes: `dvc queue start` exits at once, but the workers it leaves
     # running inherit its stdout, and reading a pipe would wait for them (seen once in CI: 600 s).
@@ -113,6 +111,20 @@ def dvc(project: Path, *args: str, check: bool = True, own_code: bool = False,
     if check:
         assert out.returncode == 0, f"dvc {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}"
     return out
+
+
+def run_queue(project: Path, workers: int = 1, timeout_s: float = 600) -> str:
+    """Start `workers` queue workers, wait until nothing is queued or running (killing what still runs at
+    the deadline), and return the last `dvc queue status`."""
+    dvc(project, "queue", "start", "-j", str(workers))
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            return status
+        time.sleep(2)
+    dvc(project, "queue", "stop", "--kill")
+    return status
 
 
 class Interrupted(Exception):

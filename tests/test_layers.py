@@ -28,7 +28,7 @@ ALLOWED = {
 # Output paths, MLflow and writing the stages' files belong to pipeline/ and stages/ only.
 PIPELINE_ONLY_THIRD_PARTY = {"mlflow", "dvc"}
 # Loading params.yaml must stay torch-free: `tinygpt params` and the check_params stage run in seconds.
-TORCH_FREE = ["tinygpt.pipeline.params", "tinygpt.core.checks", "tinygpt.core.errors", "tinygpt.data.config",
+TORCH_FREE = ["tinygpt.pipeline.params", "tinygpt.pipeline.sections", "tinygpt.core.checks", "tinygpt.core.errors", "tinygpt.data.config",
               "tinygpt.model.config", "tinygpt.train.config", "tinygpt.eval.config", "tinygpt.rlhf.config"]
 
 
@@ -114,3 +114,41 @@ def test_loading_params_never_imports_torch(module):
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:1])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"importing {module} imports torch"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports (at the top or inside functions), from the source."""
+    modules = {module_name(path): path for path in SRC.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for _, imported, _ in imports(path):
+            # `from a.b import c`: c may be a module of ours or a name defined in a.b
+            while imported and imported not in modules:
+                imported = imported.rpartition(".")[0]
+            if imported and imported != name and imported != "tinygpt":
+                targets.add(imported)
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_circle():
+    """No module reaches itself through its imports, lazy ones included: each can be read bottom up."""
+    graph = import_graph()
+    state: dict[str, str] = {}
+    circles = []
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                circles.append(" -> ".join(trail[trail.index(target):] + [module, target]) if target in trail
+                               else f"{module} -> {target}")
+            elif target not in state:
+                visit(target, trail + [module])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+    assert not circles, "import circles:\n" + "\n".join(circles)

@@ -13,13 +13,13 @@ import shutil
 
 import pytest
 import torch
-from support import model_dirs_of, tiny_gpt
 from safetensors import SafetensorError
-from support import REPO_ROOT
+from support import REPO_ROOT, model_dirs_of, tiny_gpt
 
 from tinygpt.core.errors import ParamsError, TinyGptError
 from tinygpt.model import hf, weights
 from tinygpt.model.loading import load_hf_dir, load_language_model
+from tinygpt.pipeline.sections import load_named
 from tinygpt.train.checkpoint import CheckpointDir
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -302,8 +302,6 @@ def test_a_pickle_bomb_as_the_training_checkpoint_is_refused(tmp_path, kind):
 
 @pytest.mark.parametrize("value", ['""', "null"])
 def test_the_corpus_sha256_pin_cannot_be_emptied(tmp_path, value):
-    from tinygpt.pipeline import params
-
     (tmp_path / "params.yaml").write_text(f"data:\n  sha256: {value}\n")
     with pytest.raises(ParamsError, match=r"data\.sha256"):
-        params.load_sections("data", path=tmp_path / "params.yaml")
+        load_named("data", path=tmp_path / "params.yaml")

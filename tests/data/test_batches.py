@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from tinygpt.core.errors import ParamsError
 from tinygpt.data.batches import RandomWindows, noised
-from tinygpt.pipeline.params import ParamsError, TrainParams
+from tinygpt.train.config import TrainParams
 
 TOKENS = np.arange(1000, dtype=np.uint16) % 250  # token t sits at positions t, t+250, ...
 

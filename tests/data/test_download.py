@@ -108,7 +108,7 @@ def test_unsupported_scheme(tmp_path):
 
 
 def test_the_real_corpus_checksum(shakespeare_path, tmp_path):
-    from tinygpt.pipeline.params import DataParams
+    from tinygpt.data.config import DataParams
 
     result = download_corpus([str(shakespeare_path)], DataParams().sha256, tmp_path / "input.txt", timeout_s=5)
     assert result.n_bytes == 1_115_394

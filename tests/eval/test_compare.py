@@ -32,13 +32,13 @@ def write_params(pretrained: str, **compare_overrides) -> None:
     sections = {
         "tracking": {"experiment": "compare-test"},
         "eval": {
-            "stride": 16, "batch_size": 8, "calibration_bins": 10, "temperature_max_iter": 10,
+            "stride": 16, "batch_size": 8, "calibration_bins": 10,
             "prompts": ["ROMEO:"], "inspect_top_k": 3, "sample_max_new_tokens": 4,
             "device": "cpu", "precision": "fp32",
         },
         "compare": {
-            "pretrained": pretrained, "fidelity_tokens": 400, "fidelity_batch_size": 4,
-            "speed_batch_size": 2, "speed_warmup": 0, "speed_repeats": 1, "speed_precision": "fp32",
+            "pretrained": pretrained, "fidelity_tokens": 400,
+            "speed_batch_size": 2, "speed_precision": "fp32",
             **compare_overrides,
         },
     }

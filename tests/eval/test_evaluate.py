@@ -11,9 +11,11 @@ import yaml
 
 from stages import evaluate as evaluate_stage
 from tinygpt.core import io
+from tinygpt.core.errors import ParamsError
 from tinygpt.data import tokenizer
 from tinygpt.data.tokens import write_tokens
 from tinygpt.eval import calibration, inspection
+from tinygpt.eval.config import EvalParams
 from tinygpt.eval.evaluate import evaluate_model, text_bytes, window_shape
 from tinygpt.eval.likelihood import lm_head_logits, split_nll
 from tinygpt.model import weights
@@ -22,7 +24,7 @@ from tinygpt.model.gpt import GPT
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.evaluate import write_evaluation
-from tinygpt.pipeline.params import EvalParams, ParamsError
+from tinygpt.pipeline.sections import SECTIONS
 
 TEXT = (
     "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
@@ -172,7 +174,7 @@ def test_bad_params_name_the_key():
                         ({"prompts": ["ok", ""]}, r"eval.prompts\[1\]"), ({"train_tokens": -1}, "eval.train_tokens"),
                         ({"bins": 10}, "eval.bins")]:
         with pytest.raises(ParamsError, match=key):
-            params.build_section("eval", values)
+            params.build_section("eval", SECTIONS["eval"], values)
     model = tiny_gpt(block_size=32)
     with pytest.raises(ParamsError, match="eval.context"):
         window_shape(model, EvalParams(context=64))

@@ -38,7 +38,18 @@ def test_pretrain_closure_reaches_the_modules_the_issue_found_missing(repo_root)
 def test_exempt_plumbing_is_not_a_dep(repo_root):
     files = codedeps.stage_files("pretrain", repo_root)
     assert "src/tinygpt/pipeline/tracking.py" not in files and "src/tinygpt/pipeline/cli.py" not in files
-    assert "stages/__init__.py" not in files  # a docstring only: importing it runs nothing
+    assert "src/tinygpt/pipeline/registry.py" not in files and "src/tinygpt/model/hf.py" not in files
+    assert "src/tinygpt/__init__.py" not in files  # a docstring and the version string only
+
+
+def test_the_stages_package_decides_which_src_runs_so_it_is_a_dep(repo_root):
+    assert "stages/__init__.py" in codedeps.stage_files("split", repo_root)
+
+
+def test_the_checkpoint_key_hashes_the_training_code_only():
+    trained_by = codedeps.modules("tinygpt.train.loop")
+    assert "tinygpt.model.gpt" in trained_by and "tinygpt.train.optim" in trained_by
+    assert not [m for m in trained_by if m.startswith(("tinygpt.eval", "tinygpt.pipeline", "tinygpt.rlhf"))]
 
 
 @pytest.mark.parametrize("source, module, is_package, expected", [
@@ -69,7 +80,7 @@ def test_closure_follows_imports_transitively_and_skips_third_party(repo_root):
     assert all(codedeps.is_project(name) for name in modules)
 
 
-def test_code_digest_changes_with_any_module_of_the_stage(tmp_path, monkeypatch):
+def test_code_digest_changes_with_any_module_the_entry_imports(tmp_path, monkeypatch):
     """A throwaway project package: editing a module two imports away changes the digest."""
     (tmp_path / "stages").mkdir()
     (tmp_path / "stages/__init__.py").write_text('"""stages"""\n')
@@ -84,8 +95,8 @@ def test_code_digest_changes_with_any_module_of_the_stage(tmp_path, monkeypatch)
     for name in [m for m in list(__import__("sys").modules) if m.split(".")[0] in ("tinygpt", "stages")]:
         monkeypatch.delitem(__import__("sys").modules, name)
     assert codedeps.stage_files("demo", tmp_path) == ["stages/demo.py", "tinygpt/first.py", "tinygpt/second.py"]
-    before = codedeps.code_digest("demo")
+    before = codedeps.code_digest("stages.demo")
     (package / "unrelated.py").write_text("VALUE = 2\n")
-    assert codedeps.code_digest("demo") == before
+    assert codedeps.code_digest("stages.demo") == before
     (package / "second.py").write_text("VALUE = 2\n")
-    assert codedeps.code_digest("demo") != before
+    assert codedeps.code_digest("stages.demo") != before

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
-from support import dvc
+from support import dvc, run_queue
 
-from tinygpt.pipeline import params, report
+from tinygpt.pipeline import report
+from tinygpt.pipeline.sections import load_named
 
 
 def store(project):
@@ -38,7 +38,7 @@ def stage_run_ids(project):
 def test_experiments_make_one_pipeline_run_each(tiny_project):
     project = tiny_project
     client = store(project)
-    default_lr = str(params.load_sections("train", path=project / "params.yaml").train.learning_rate)
+    default_lr = str(load_named("train", path=project / "params.yaml").train.learning_rate)
 
     dvc(project, "exp", "run", "-n", "exp-a")
     first = read_json(project, "metrics/report.json")
@@ -96,15 +96,8 @@ def test_temp_and_parallel_queued_experiments_share_the_store(tiny_project):
     # Two queued experiments run by two workers at once write to the same SQLite store.
     for fraction in ("0.15", "0.25"):
         dvc(project, "exp", "run", "--queue", "-S", f"split.val_fraction={fraction}", "split")
-    dvc(project, "queue", "start", "-j", "2")
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        status = dvc(project, "queue", "status").stdout
-        if "Queued" not in status and "Running" not in status:
-            break
-        time.sleep(3)
-    dvc(project, "queue", "stop", "--kill") if "Running" in status else None
-    assert "Failed" not in status, status
+    status = run_queue(project, workers=2)
+    assert "Failed" not in status and "Running" not in status, status
     split_runs = runs_of(client, "tinygpt", stage="split")
     fractions = sorted(r.data.params["split.val_fraction"] for r in split_runs)
     assert fractions == ["0.1", "0.15", "0.2", "0.25"]

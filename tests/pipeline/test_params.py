@@ -9,6 +9,7 @@ from support import declared_paths
 from tinygpt.model.config import GPTConfig, preset
 from tinygpt.pipeline import params, paths
 from tinygpt.pipeline.params import ParamsError
+from tinygpt.pipeline.sections import SECTIONS, load_all, load_named, section_keys
 
 
 def write(tmp_path, text: str) -> Path:
@@ -18,68 +19,68 @@ def write(tmp_path, text: str) -> Path:
 
 
 def test_repository_params_are_valid(repo_root):
-    sections = params.load_all(repo_root / "params.yaml")
+    sections = load_all(repo_root / "params.yaml")
     assert sections["split"].val_fraction == 0.1
     assert sections["data"].sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
 def test_defaults_fill_missing_keys(tmp_path):
-    p = params.load_sections("split", "data", path=write(tmp_path, "split: {}\n"))
+    p = load_named("split", "data", path=write(tmp_path, "split: {}\n"))
     assert p.split.val_fraction == 0.1 and p.data.mirrors == ["../shared/corpora/tinyshakespeare.txt"]
 
 
-@pytest.mark.parametrize("name", list(params.SECTIONS))
+@pytest.mark.parametrize("name", list(SECTIONS))
 def test_dataclass_defaults_are_the_params_yaml_recipe(repo_root, name):
     """`TrainParams()` (in a test, a benchmark) is the pipeline's recipe: every default is params.yaml's
     value, and params.yaml sets every key (so each key's meaning is written once, there)."""
     raw = params.read_yaml(repo_root / "params.yaml")[name]
-    from_yaml = dataclasses.asdict(params.build_section(name, raw))  # unknown keys fail here
-    defaults = dataclasses.asdict(params.SECTIONS[name]())
-    assert sorted(raw) == sorted(defaults), f"params.yaml {name}: keys differ from {params.SECTIONS[name].__name__}'s"
+    from_yaml = dataclasses.asdict(params.build_section(name, SECTIONS[name], raw))  # unknown keys fail here
+    defaults = dataclasses.asdict(SECTIONS[name]())
+    assert sorted(raw) == sorted(defaults), f"params.yaml {name}: keys differ from {SECTIONS[name].__name__}'s"
     differing = {f"{name}.{key}": (value, from_yaml[key]) for key, value in defaults.items() if value != from_yaml[key]}
     assert not differing, f"dataclass default differs from params.yaml (default, params.yaml): {differing}"
 
 
 def test_the_default_preset_is_the_default_config(repo_root):
-    assert preset("default") == GPTConfig() == params.load_all(repo_root / "params.yaml")["model"]
+    assert preset("default") == GPTConfig() == load_all(repo_root / "params.yaml")["model"]
 
 
 def test_unknown_key_names_key_and_allowed(tmp_path):
     with pytest.raises(ParamsError, match=r"unknown key 'split\.val_frac'.*val_fraction"):
-        params.load_sections("split", path=write(tmp_path, "split:\n  val_frac: 0.2\n"))
+        load_named("split", path=write(tmp_path, "split:\n  val_frac: 0.2\n"))
 
 
 def test_unknown_section(tmp_path):
     with pytest.raises(ParamsError, match="unknown section 'splitt'"):
-        params.load_all(write(tmp_path, "splitt:\n  val_fraction: 0.2\n"))
+        load_all(write(tmp_path, "splitt:\n  val_fraction: 0.2\n"))
 
 
 @pytest.mark.parametrize("value", [0, 1, 1.5, -0.1])
 def test_fraction_outside_open_interval(tmp_path, value):
     with pytest.raises(ParamsError, match=r"split\.val_fraction.*strictly between 0 and 1"):
-        params.load_sections("split", path=write(tmp_path, f"split:\n  val_fraction: {value}\n"))
+        load_named("split", path=write(tmp_path, f"split:\n  val_fraction: {value}\n"))
 
 
 def test_wrong_types(tmp_path):
     with pytest.raises(ParamsError, match=r"split\.val_fraction must be a number, got 'big'"):
-        params.load_sections("split", path=write(tmp_path, "split:\n  val_fraction: big\n"))
+        load_named("split", path=write(tmp_path, "split:\n  val_fraction: big\n"))
     with pytest.raises(ParamsError, match=r"data\.mirrors must be a list"):
-        params.load_sections("data", path=write(tmp_path, "data:\n  mirrors: /one/path\n"))
+        load_named("data", path=write(tmp_path, "data:\n  mirrors: /one/path\n"))
     with pytest.raises(ParamsError, match=r"model\.n_layer must be an integer, got 2\.5"):
-        params.load_sections("model", path=write(tmp_path, "model:\n  n_layer: 2.5\n"))
+        load_named("model", path=write(tmp_path, "model:\n  n_layer: 2.5\n"))
     with pytest.raises(ParamsError, match=r"model\.bias must be true or false"):
-        params.load_sections("model", path=write(tmp_path, "model:\n  bias: 1\n"))
+        load_named("model", path=write(tmp_path, "model:\n  bias: 1\n"))
 
 
 def test_impossible_values(tmp_path):
     with pytest.raises(ParamsError, match=r"data\.timeout_s = -1.0 .* > 0"):
-        params.load_sections("data", path=write(tmp_path, "data:\n  timeout_s: -1\n"))
+        load_named("data", path=write(tmp_path, "data:\n  timeout_s: -1\n"))
     with pytest.raises(ParamsError, match=r"data\.sha256.*64 hexadecimal"):
-        params.load_sections("data", path=write(tmp_path, "data:\n  sha256: abc\n"))
+        load_named("data", path=write(tmp_path, "data:\n  sha256: abc\n"))
     with pytest.raises(ValueError, match=r"model\.n_embd = 100 is not divisible by model\.n_head = 3"):
-        params.load_sections("model", path=write(tmp_path, "model:\n  n_embd: 100\n  n_head: 3\n"))
+        load_named("model", path=write(tmp_path, "model:\n  n_embd: 100\n  n_head: 3\n"))
     with pytest.raises(ValueError, match=r"model\.n_layer = -2"):
-        params.load_sections("model", path=write(tmp_path, "model:\n  n_layer: -2\n"))
+        load_named("model", path=write(tmp_path, "model:\n  n_layer: -2\n"))
 
 
 def test_missing_and_malformed_file(tmp_path):
@@ -90,18 +91,20 @@ def test_missing_and_malformed_file(tmp_path):
 
 
 def test_flatten_uses_dotted_keys():
-    flat = params.flatten({"split": params.SplitParams(val_fraction=0.2)})
+    flat = params.flatten({"split": SECTIONS['split'](val_fraction=0.2)})
     assert flat == {"split.val_fraction": 0.2, "split.seed": 1337}
 
 
 def sections_read_by(stage_script: Path) -> list[str]:
-    """The section names a stage passes to params.load_sections(...)."""
+    """The section names a stage passes to params.load_sections(name=Class, ...), each with its own class."""
     tree = ast.parse(stage_script.read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "load_sections":
-            if any(isinstance(arg, ast.Starred) for arg in node.args):  # load_sections(*params.SECTIONS)
-                return list(params.SECTIONS)
-            return [arg.value for arg in node.args if isinstance(arg, ast.Constant)]
+            if any(kw.arg is None for kw in node.keywords):  # load_sections(**sections.SECTIONS)
+                return list(SECTIONS)
+            for kw in node.keywords:
+                assert kw.value.id == SECTIONS[kw.arg].__name__, f"{stage_script}: {kw.arg}={kw.value.id}"
+            return [kw.arg for kw in node.keywords]
     raise AssertionError(f"{stage_script} does not call params.load_sections")
 
 
@@ -116,9 +119,9 @@ def test_dvc_declares_exactly_the_keys_each_stage_reads(repo_root):
         # A bare section name in dvc.yaml tracks the whole group (all its keys).
         declared = sorted(
             key for entry in stage.get("params", [])
-            for key in (params.dvc_keys(entry) if entry in params.SECTIONS else [entry])
+            for key in (section_keys(entry) if entry in SECTIONS else [entry])
         )
-        expected = sorted(params.dvc_keys(*sections_read_by(script)))
+        expected = sorted(section_keys(*sections_read_by(script)))
         assert declared == expected, f"dvc.yaml stage {name}: params differ from what {script.name} reads"
 
 

@@ -16,9 +16,9 @@ from tinygpt.data.tokenizer import EOT_ID, N_VOCAB, decode, encode
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import load_model, save_model
-from tinygpt.pipeline import registry, tracking
-from tinygpt.rlhf.reward_model import RewardModel, load_reward_model, pad_sequences, save_reward_model
+from tinygpt.pipeline import model_uri, registry, tracking
 from tinygpt.pipeline.params import TrackingParams
+from tinygpt.rlhf.reward_model import RewardModel, load_reward_model, pad_sequences, save_reward_model
 
 CONFIG = GPTConfig(vocab_size=N_VOCAB, block_size=32, n_layer=1, n_head=1, n_embd=16)
 
@@ -68,7 +68,7 @@ def test_same_weights_add_no_version_new_weights_move_the_alias(mlflow_uri, tmp_
 def test_the_logged_model_holds_the_weights_and_metrics(mlflow_uri, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     log_pretrain(tmp_path)
-    local = registry.local_model_dir(registry.model_uri("exp-pretrain"))
+    local = model_uri.local_model_dir(registry.model_uri("exp-pretrain"))
     assert json.loads((local / "metrics.json").read_text()) == {"whole_val": {"loss": 4.5}}
     restored, original = load_model(local), tiny_model()
     assert all(torch.equal(a, b) for a, b in zip(restored.state_dict().values(), original.state_dict().values()))
@@ -103,7 +103,7 @@ def test_the_hugging_face_export_is_a_transformers_model(mlflow_uri, tmp_path, m
     assert "transformers" in mlflow.models.get_model_info(uri).flavors
     text = mlflow.pyfunc.load_model(uri).predict(["ROMEO:"], params={"max_new_tokens": 5, "do_sample": False})
     assert isinstance(text[0], str) and text[0]
-    assert (registry.local_model_dir(uri) / "config.json").exists()
+    assert (model_uri.local_model_dir(uri) / "config.json").exists()
 
 
 def free_port() -> int:

@@ -126,7 +126,7 @@ def test_datasets_are_logged_as_inputs_with_their_md5(mlflow_uri, tmp_path, monk
                                     {"mlflow.data.context": "training"})
     assert found["pairs"][1] == {"mlflow.data.context": "evaluation"}
     (tmp_path / "pairs" / "a.arrow").write_bytes(b"abd")
-    assert tracking.file_digest(Path("pairs")) != found["pairs"][0]
+    assert tracking.md5_digest(Path("pairs")) != found["pairs"][0]
 
 
 def test_system_metrics_are_sampled_on_request(mlflow_uri, tmp_path, monkeypatch):

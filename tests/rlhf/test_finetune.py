@@ -18,9 +18,9 @@ from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import save_model
 from tinygpt.pipeline import paths
 from tinygpt.pipeline.cli import run_stage
-from tinygpt.pipeline.params import PreferencesParams, RlhfParams
 from tinygpt.rlhf import preferences as prefs
 from tinygpt.rlhf import reward_model as rm
+from tinygpt.rlhf.config import PreferencesParams, RlhfParams
 from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
 from tinygpt.rlhf.heldout import held_out
 from tinygpt.rlhf.oracles import Oracle
@@ -121,10 +121,10 @@ def tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root, **overrides)
                                  train_prompts=32, val_prompts=8, selection_prompts=4, samples_per_prompt=3,
                                  device="cpu")
     values["reward"].update(epochs=2, batch_size=8, warmup_steps=2, device="cpu")
-    values["heldout"].update(samples_per_prompt=2, table_samples=3, batch_size=16)
+    values["heldout"].update(samples_per_prompt=2, batch_size=16)
     values["best_of_n"].update(max_n=8, device="cpu")
     values["rlhf"].update(steps=3, batch_size=8, minibatch_size=4, ppo_epochs=2, eval_interval=2, device="cpu")
-    values["dpo"].update(batch_size=8, max_pairs=24, eval_interval=2, device="cpu")
+    values["dpo"].update(ranked_samples=4, ranked_pairs=1, batch_size=12, eval_interval=2, device="cpu")
     for section, keys in overrides.items():
         values[section].update(keys)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(values, sort_keys=False))
@@ -183,7 +183,8 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
     assert list(steps["step"]) == [0, 1, 2] and {"kl", "beta", "clip_fraction", "explained_variance"} <= set(steps)
     for png in (paths.RLHF_STEPS_PNG, paths.RLHF_PROXY_GOLD_PNG, paths.REWARD_STEPS_PNG):
         assert png.stat().st_size > 1000
-    assert paths.RLHF_SAMPLES_MD.read_text().count("\n|") == 2 + 3  # header, rule and 3 rows, after the title line
+    # header, rule and a row per report prompt (4, fewer than the table's 8), after the title line
+    assert paths.RLHF_SAMPLES_MD.read_text().count("\n|") == 2 + 4
     assert (paths.RLHF_DIR / "model.safetensors").exists()
 
     from mlflow.tracking import MlflowClient
@@ -210,20 +211,17 @@ def test_brevity_without_end_of_text_ties_every_pair_and_fails_cleanly(
 
 def test_dpo_on_reward_ranked_pairs(tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root):
     """dpo.pairs: reward_ranked trains on two pairs per train prompt (the reward model's best sample over
-    its worst, the second best over the second worst), with soft labels and DPO-ptx, in two on-policy
-    rounds (the second on samples of the policy the first one trained)."""
+    its worst, the second best over the second worst), with soft labels and DPO-ptx, for two epochs."""
     tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root,
-                      dpo={"pairs": "reward_ranked", "ranked_samples": 4, "ranked_pairs": 2, "labels": "reward",
-                           "ptx_coef": 0.5, "max_pairs": 0, "epochs": 2, "rounds": 2})
+                      dpo={"pairs": "reward_ranked", "ranked_samples": 4, "ranked_pairs": 2, "ptx_coef": 0.5,
+                           "epochs": 2})
     for stage in ("preferences", "reward", "dpo"):
         run(stage)
     metrics = io.read_json(paths.metrics_file("dpo"))
     trained = metrics["training_pairs"]
     assert 32 < trained["pairs"] <= 64  # two per train prompt, less any whose two samples tie
     assert trained["chosen_score_mean"] > trained["rejected_score_mean"]  # reward-model scores
-    rounds = metrics["rounds"]
-    assert len(rounds) == 2 and sum(r["pairs"] for r in rounds) == trained["pairs"]
-    assert metrics["steps"] == sum(2 * -(-r["pairs"] // 8) for r in rounds)  # two passes at batch 8 a round
-    assert set(pd.read_csv(paths.DPO_STEPS_CSV)["round"]) == {0, 1}
+    assert metrics["steps"] == 2 * -(-trained["pairs"] // 12)  # two passes at batch 12
+    assert set(pd.read_csv(paths.DPO_STEPS_CSV)["epoch"]) == {0, 1}
     assert metrics["selected_step"] in set(pd.read_csv(paths.DPO_FRONTIER_CSV)["step"])
     assert (pd.read_csv(paths.DPO_STEPS_CSV)["ptx_loss"] > 0).all()

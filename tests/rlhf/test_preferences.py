@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
+from tinygpt.core.errors import ParamsError
 from tinygpt.model.config import GPTConfig
-from tinygpt.pipeline.params import ParamsError, PreferencesParams
 from tinygpt.rlhf import preferences as prefs
+from tinygpt.rlhf.config import PreferencesParams
 from tinygpt.rlhf.oracles import Oracle
 
 NL = 198

@@ -1,17 +1,14 @@
 """Reward-ranked pairs for DPO: per prompt the reward model's best reference sample over its worst (and
-the next ranks inwards), seeded, ties dropped, in the pair layout DPO reads; on-policy rounds."""
+the next ranks inwards), seeded, ties dropped, in the pair layout DPO reads."""
 import numpy as np
 import pytest
 import torch
 
-from tinygpt.core.errors import ParamsError
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf import dpo
 from tinygpt.rlhf import reward_model as rm
-from tinygpt.rlhf.config import DpoParams
-from tinygpt.rlhf.ranked_pairs import (RankedRounds, ranked_pairs, reward_ranked_pairs,
-                                       sample_and_score)
+from tinygpt.rlhf.ranked_pairs import ranked_pairs, reward_ranked_pairs, sample_and_score
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -68,31 +65,3 @@ def test_reward_ranked_pairs_are_seeded_and_ranked_by_the_reward_model():
     summary = dpo.pair_summary(pairs)
     assert summary["pairs"] == 6 and summary["chosen_score_mean"] > summary["rejected_score_mean"]
 
-
-def test_ranked_rounds_share_out_the_prompts_and_sample_the_model_they_are_given():
-    """Round k ranks samples of the model train_dpo hands it (the policy so far) on the k-th share of the
-    prompts, seeded by dpo.seed + k; round 0 of one round is reward_ranked_pairs on every prompt."""
-    reference, reward_model = tiny_models()
-    prompts = np.random.default_rng(1).integers(0, 1024, (7, 4))
-    settings = dict(max_new_tokens=6, temperature=1.0, precision="fp32", batch_size=5)
-    rounds = RankedRounds(reward_model, prompts, DpoParams(rounds=3, ranked_samples=4, ranked_pairs=2), **settings)
-    first = rounds(0, reference)
-    assert sorted({tuple(p) for p in first["prompt_ids"]}) == sorted(map(tuple, prompts[:3].tolist()))
-    assert first["chosen_ids"] == reward_ranked_pairs(reference, reward_model, prompts[:3], 4, 6, 1.0, 1337, "fp32", 5,
-                                                      2)["chosen_ids"]
-    moved, _ = tiny_models()
-    with torch.no_grad():
-        for w in moved.parameters():
-            w.add_(torch.randn_like(w))
-    last = rounds(2, moved)
-    assert {tuple(p) for p in last["prompt_ids"]} == set(map(tuple, prompts[5:].tolist()))  # 3, 2 and 2 prompts
-    assert last["chosen_ids"] == reward_ranked_pairs(moved, reward_model, prompts[5:], 4, 6, 1.0, 1339, "fp32", 5,
-                                                     2)["chosen_ids"]
-    assert last["chosen_ids"] != reward_ranked_pairs(reference, reward_model, prompts[5:], 4, 6, 1.0, 1339, "fp32",
-                                                     5, 2)["chosen_ids"]
-    assert rounds.drawn == [first, last]
-    one = RankedRounds(reward_model, prompts, DpoParams(ranked_samples=4, ranked_pairs=2), **settings)
-    assert one(0, reference)["chosen_ids"] == reward_ranked_pairs(reference, reward_model, prompts, 4, 6, 1.0, 1337,
-                                                                  "fp32", 5, 2)["chosen_ids"]
-    with pytest.raises(ParamsError, match=r"dpo\.rounds = 8 is more than the 7 train prompts"):
-        RankedRounds(reward_model, prompts, DpoParams(rounds=8), **settings)

@@ -17,7 +17,7 @@ from support import Interrupted, crash_at
 
 from tinygpt.data import tokenizer
 from tinygpt.data.tokens import write_tokens
-from tinygpt.pipeline import params
+from tinygpt.pipeline.sections import load_named
 from tinygpt.train.loop import train
 
 
@@ -51,7 +51,7 @@ def differing(a: dict, b: dict) -> str:
 @pytest.mark.slow
 @pytest.mark.usefixtures("two_threads")
 def test_compiled_default_shape_runs_are_identical_and_resume_exactly(corpus, tmp_path, repo_root):
-    sections = params.load_sections("model", "train", path=repo_root / "params.yaml")
+    sections = load_named("model", "train", path=repo_root / "params.yaml")
     assert sections.train.compile, "the default trains compiled: that is the case this test is for"
     # Shorter than the default run: warmup_steps is cut to fit (the rest of the recipe is unchanged).
     p = dataclasses.replace(sections.train, max_steps=40, warmup_steps=10, eval_interval=40, checkpoint_interval=20)

@@ -32,8 +32,7 @@ TINY = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, n_embd=32, d
 # The pipeline's recipe (Muon, input noise, the shortlist and its smoothing) on a tiny model, two micro-batches
 # per step (so one gradient average of the two is skipped), one thread per process on the two cores.
 RECIPE = TrainParams(max_steps=10, batch_size=8, grad_accum_steps=2, warmup_steps=2, eval_interval=5, eval_batches=2,
-                     checkpoint_interval=5, log_interval=5, device="cpu", precision="fp32", compile=False, threads=1,
-                     sample_tokens=4)
+                     checkpoint_interval=5, device="cpu", precision="fp32", compile=False, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +161,7 @@ def test_only_rank_0_writes(tmp_path, shakespeare_path):
         "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
         "train": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_interval": 2, "eval_batches": 1,
                   "checkpoint_interval": 2, "device": "cpu", "precision": "fp32", "compile": False, "threads": 1,
-                  "sample_tokens": 2, "sample_prompts": ["ROMEO:"], "nproc_per_node": 2},
+                  "nproc_per_node": 2},
     }
     for rank in (0, 1):
         project = tmp_path / f"rank{rank}"

@@ -10,13 +10,14 @@ import torch
 from safetensors.torch import load_file
 from support import Interrupted, crash_at, declared_paths
 
+from tinygpt.core.errors import ParamsError
 from tinygpt.data import tokenizer
 from tinygpt.data.tokens import write_tokens
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.pipeline.params import ParamsError, TrainParams
 from tinygpt.train import loop as train_module
 from tinygpt.train.checkpoint import CHECKPOINT_FILE
+from tinygpt.train.config import TrainParams
 from tinygpt.train.loop import NonFiniteLossError, train
 from tinygpt.train.optim import build_optimizer, build_schedule, lr_at
 
@@ -24,8 +25,8 @@ TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, d
 # A tiny, fast recipe, not the pipeline's (TrainParams() is params.yaml's): eager AdamW with light decay, no
 # label smoothing, no input noise.
 FAST = TrainParams(max_steps=20, batch_size=8, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=10,
-                   eval_batches=2, checkpoint_interval=5, log_interval=5, device="cpu", precision="fp32",
-                   compile=False, sample_tokens=8, optimizer="adamw", weight_decay=0.1, muon_weight_decay=0.1,
+                   eval_batches=2, checkpoint_interval=5, device="cpu", precision="fp32",
+                   compile=False, optimizer="adamw", weight_decay=0.1, muon_weight_decay=0.1,
                    unseen_smoothing=0.0, input_noise=0.0)
 MUON = dataclasses.replace(FAST, optimizer="muon", muon_weight_decay=0.3)
 
@@ -115,7 +116,7 @@ def test_changed_params_do_not_resume_another_configurations_checkpoint(corpus, 
     run(corpus, tmp_path / "ckpt", FAST)
     other = run(corpus, tmp_path / "ckpt", dataclasses.replace(FAST, learning_rate=5e-3))
     assert other.resumed_from == 0
-    again = run(corpus, tmp_path / "ckpt", dataclasses.replace(FAST, sample_tokens=3))  # reporting only
+    again = run(corpus, tmp_path / "ckpt", dataclasses.replace(FAST, checkpoint_interval=10))  # not in the key
     assert again.resumed_from == 20
     assert len(list((tmp_path / "ckpt").iterdir())) == 2
 
@@ -177,24 +178,8 @@ def test_the_schedule_sets_the_learning_rate_of_both_muon_and_adamw():
         schedule.step()
 
 
-def test_adamw_lr_scale_slows_the_adamw_part_at_every_step():
-    p = dataclasses.replace(MUON, adamw_lr_scale=0.5)
-    model = GPT(TINY)
-    optimizer = build_optimizer(model, p, torch.device("cpu"))
-    schedule = build_schedule(optimizer, p)
-    for step in range(p.max_steps):
-        assert optimizer.parts["muon"].param_groups[0]["lr"] == pytest.approx(lr_at(p, step))
-        assert [g["lr"] for g in optimizer.parts["adamw"].param_groups] == pytest.approx([0.5 * lr_at(p, step)] * 2)
-        model(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 4, dtype=torch.long))[1].backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        schedule.step()
-
-
 @pytest.mark.parametrize("changes, key", [
     ({"optimizer": "sgd"}, "train.optimizer"),
-    ({"optimizer": "muon", "adamw_lr_scale": 0.0}, "train.adamw_lr_scale"),
-    ({"optimizer": "adamw", "adamw_lr_scale": 0.5}, "train.adamw_lr_scale"),
     ({"optimizer": "muon", "muon_momentum": 1.0}, "train.muon_momentum"),
     ({"optimizer": "muon", "muon_weight_decay": -0.1}, "train.muon_weight_decay"),
 ])
@@ -241,7 +226,7 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
         "train": {"max_steps": 6, "batch_size": 4, "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_steps": 2,
                   "weight_decay": 0.1, "optimizer": "adamw", "unseen_smoothing": 0.0, "input_noise": 0.0,
                   "eval_interval": 3, "eval_batches": 1, "checkpoint_interval": 3, "device": "cpu",
-                  "precision": "fp32", "compile": False, "sample_tokens": 5},
+                  "precision": "fp32", "compile": False},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
@@ -265,8 +250,7 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     evals = (tmp_path / "plots/pretrain/eval.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in evals[1:]] == ["0", "3", "6"]
     assert (tmp_path / "plots/pretrain/steps.png").read_bytes()[:4] == b"\x89PNG"
-    samples = json.loads((tmp_path / "reports/pretrain/samples.json").read_text())["samples"]
-    assert [s["prompt"] for s in samples] == ["ROMEO:", "To be or not to"]
+    assert not (tmp_path / "reports").exists()  # samples of the trained model are the evaluate stage's
     first = load_file(str(tmp_path / "models/pretrain/model.safetensors"))
 
     mlflow_run = MlflowClient(mlflow_uri).get_run(metrics["mlflow_run_id"])
@@ -275,7 +259,7 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     history = MlflowClient(mlflow_uri).get_metric_history(metrics["mlflow_run_id"], "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4, 5, 6]
     artifacts = {a.path for a in MlflowClient(mlflow_uri).list_artifacts(metrics["mlflow_run_id"])}
-    assert {"samples.json", "steps.png", "eval.csv"} <= artifacts
+    assert {"steps.png", "eval.csv"} <= artifacts
     # the weights are the run's logged MLflow model, registered as <experiment>-pretrain with alias current
     version = MlflowClient(mlflow_uri).get_model_version_by_alias("test-pretrain-pretrain", "current")
     assert version.run_id == metrics["mlflow_run_id"]
@@ -327,7 +311,7 @@ def test_dvc_declares_the_library_paths_of_the_pretrain_stage(repo_root):
     from tinygpt.pipeline import paths
 
     stage = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]["pretrain"]
-    assert stage["outs"] == [str(paths.PRETRAIN_DIR), str(paths.PRETRAIN_REPORTS)]
+    assert stage["outs"] == [str(paths.PRETRAIN_DIR)]
     assert declared_paths(stage["metrics"]) == [str(paths.metrics_file("pretrain"))]
     assert declared_paths(stage["plots"]) == [str(p) for p in (paths.PRETRAIN_STEPS_CSV, paths.PRETRAIN_EVAL_CSV,
                                                 paths.PRETRAIN_STEPS_PNG, paths.PRETRAIN_EVAL_PNG)]

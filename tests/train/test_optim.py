@@ -3,7 +3,7 @@ more exact, chosen by the training precision, and torch's function is restored a
 import torch
 import torch.optim._muon as torch_muon
 
-from tinygpt.pipeline.params import TrainParams
+from tinygpt.train.config import TrainParams
 from tinygpt.train.optim import Fp32Muon, build_optimizer, orthogonalise_fp32
 
 COEFFICIENTS = (3.4445, -4.7750, 2.0315)

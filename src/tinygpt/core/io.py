@@ -153,3 +153,13 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def lookup(mapping: dict, dotted: str) -> Any:
+    """mapping['a']['b'] for 'a.b' (metrics files are nested), or None where a key is absent."""
+    value: Any = mapping
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value

@@ -64,12 +64,10 @@ class TokenizeParams:
 
     encoding: str = "gpt2"
     threads: int = 0
-    chunk_mb: float = 16.0
 
     def validate(self) -> None:
         one_of("tokenize.encoding", self.encoding, ("gpt2",))
         non_negative("tokenize.threads", self.threads)
-        positive("tokenize.chunk_mb", self.chunk_mb)
 
 
 @dataclass

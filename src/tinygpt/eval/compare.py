@@ -36,6 +36,8 @@ from tinygpt.model.hf import (ConversionError, PretrainedUnavailable,
 OURS = "ours"  # metric prefixes (ours.val.loss, gpt2.val.loss) and per-model output folders
 PRETRAINED = "gpt2"
 AVAILABLE, UNAVAILABLE = "available", "unavailable"
+# Windows per forward pass of the fidelity check: its fp32 logits (8 x 128 x 50257) take 200 MB per model.
+FIDELITY_BATCH_SIZE = 8
 
 
 # ---------------------------------------------------------------- (a) fidelity
@@ -157,11 +159,10 @@ class CompareResult:
 
 
 def speed_settings(compare_params: CompareParams, ours: GPT) -> SpeedSettings:
-    """compare.speed_*; sequences default to our block size for every model, so GPT-2's row is timed
-    on the same batch shape as ours (not its 1024-token context)."""
+    """compare.speed_*, with SpeedSettings' warmup, repeats and threads; sequences default to our block
+    size for every model, so GPT-2's row is timed on the same batch shape as ours (not its 1024-token context)."""
     seq = compare_params.speed_seq_len or ours.config.block_size
-    return SpeedSettings(compare_params.speed_batch_size, seq, compare_params.speed_warmup,
-                         compare_params.speed_repeats, compare_params.speed_threads)
+    return SpeedSettings(compare_params.speed_batch_size, seq)
 
 
 def run_compare(ours: GPT, compare_params: CompareParams, eval_params: EvalParams, val_tokens: np.ndarray,
@@ -174,7 +175,7 @@ def run_compare(ours: GPT, compare_params: CompareParams, eval_params: EvalParam
     # Read the export back from disk, so the fidelity check covers the files users will load.
     hf_ours = load_pretrained(str(hf_dir), allow_download=False)  # safetensors only, fp32, eval
     fidelity_tokens = val_tokens[: compare_params.fidelity_tokens] if compare_params.fidelity_tokens else val_tokens
-    fid = fidelity(ours, hf_ours, fidelity_tokens, compare_params.fidelity_batch_size, device)
+    fid = fidelity(ours, hf_ours, fidelity_tokens, FIDELITY_BATCH_SIZE, device)
 
     reports = [ModelReport(
         OURS, "tinygpt (trained here)",

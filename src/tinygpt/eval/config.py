@@ -22,8 +22,6 @@ class EvalParams:
     train_tokens: int = 32768
     train_segments: int = 8
     calibration_bins: int = 15
-    temperature_max_iter: int = 30
-    temperature_tol: float = 1e-6
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     inspect_top_k: int = 10
     sample_max_new_tokens: int = 100
@@ -39,8 +37,7 @@ class EvalParams:
         positive("eval.stride", self.stride)
         if self.context:
             require(self.stride <= self.context, "eval.stride", f"1..eval.context = {self.context}", self.stride)
-        for key in ("batch_size", "train_segments", "calibration_bins", "temperature_max_iter",
-                    "temperature_tol", "inspect_top_k"):
+        for key in ("batch_size", "train_segments", "calibration_bins", "inspect_top_k"):
             positive(f"eval.{key}", getattr(self, key))
         non_negative("eval.train_tokens", self.train_tokens)
         require(len(self.prompts) > 0, "eval.prompts", "a non-empty list of prompts", self.prompts)
@@ -66,20 +63,15 @@ class CompareParams:
     allow_download: bool = True
     pretrained_context: int = 0
     fidelity_tokens: int = 0  # not 1: a fidelity check needs at least 2 tokens
-    fidelity_batch_size: int = 8
     speed_batch_size: int = 8
     speed_seq_len: int = 0
-    speed_warmup: int = 1
-    speed_repeats: int = 5
-    speed_threads: int = 0
     speed_pretrained: bool = True
     speed_precision: str = "auto"
 
     def validate(self) -> None:
         require(bool(self.pretrained.strip()), "compare.pretrained", "a hub id or a local directory", self.pretrained)
-        for key in ("pretrained_context", "fidelity_tokens", "speed_seq_len", "speed_warmup", "speed_threads"):
+        for key in ("pretrained_context", "fidelity_tokens", "speed_seq_len"):
             non_negative(f"compare.{key}", getattr(self, key))
-        for key in ("fidelity_batch_size", "speed_batch_size", "speed_repeats"):
-            positive(f"compare.{key}", getattr(self, key))
+        positive("compare.speed_batch_size", self.speed_batch_size)
         require(self.fidelity_tokens != 1, "compare.fidelity_tokens", "0 (all) or at least 2 tokens", 1)
         one_of("compare.speed_precision", self.speed_precision, PRECISIONS)

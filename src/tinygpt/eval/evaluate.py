@@ -60,17 +60,6 @@ def text_bytes(tokens: np.ndarray) -> int:
     return int(_byte_lengths()[np.asarray(tokens, dtype=np.int64)].sum())
 
 
-def likelihood_metrics(result: NllResult, n_bytes: int) -> dict:
-    return {
-        "loss": result.mean_nll,
-        "perplexity": result.perplexity,
-        "bits_per_byte": result.bits_per_byte(n_bytes),
-        "accuracy": result.accuracy,
-        "tokens": result.n_tokens,
-        "bytes": int(n_bytes),
-    }
-
-
 def temperature_metrics(val: NllResult, head, eval_params: EvalParams) -> tuple[dict, float]:
     """Fit T on the first half of val's scored positions; NLL/ECE/Brier before and after on the second.
     Returns (the before/after numbers, the fitted temperature)."""
@@ -78,8 +67,7 @@ def temperature_metrics(val: NllResult, head, eval_params: EvalParams) -> tuple[
     if n < 2:
         raise ValueError("temperature scaling needs at least 2 scored val positions")
     half = n // 2
-    fit = calibration.fit_temperature(head, val.hidden[:half], val.targets[:half],
-                                      eval_params.temperature_max_iter, eval_params.temperature_tol)
+    fit = calibration.fit_temperature(head, val.hidden[:half], val.targets[:half])
     pos = val.positions
     before = calibration.calibrate(pos.confidence[half:], pos.correct[half:], eval_params.calibration_bins)
     scaled = calibration.scaled_stats(head, val.hidden[half:], val.targets[half:], fit.temperature)
@@ -124,7 +112,7 @@ def evaluate_model(
                               device=device, precision=precision)
 
     val = score(val_tokens, progress="val" if progress else False, keep_hidden=True)
-    metrics: dict = {"val": likelihood_metrics(val, val_bytes)}
+    metrics: dict = {"val": val.metrics(val_bytes)}
     train = None
     if train_tokens is not None:
         segments = even_segments(len(train_tokens), eval_params.train_tokens, eval_params.train_segments)
@@ -132,7 +120,7 @@ def evaluate_model(
         whole = segments == [(0, len(train_tokens))]
         n_bytes = train_bytes if whole and train_bytes is not None else sum(
             text_bytes(train_tokens[a:b]) for a, b in segments)
-        metrics["train"] = likelihood_metrics(train, n_bytes)
+        metrics["train"] = train.metrics(n_bytes)
 
     head = lm_head_logits(model, device, precision)
     cal = calibration.calibrate(val.positions.confidence, val.positions.correct, eval_params.calibration_bins)

@@ -85,6 +85,17 @@ class NllResult:
         """Fraction of scored positions whose most likely token was the right one."""
         return float(self.positions.correct.mean())
 
+    def metrics(self, n_bytes: int) -> dict:
+        """The split's numbers as the metrics files hold them; `n_bytes`: UTF-8 bytes of its text."""
+        return {
+            "loss": self.mean_nll,
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte(n_bytes),
+            "accuracy": self.accuracy,
+            "tokens": self.n_tokens,
+            "bytes": int(n_bytes),
+        }
+
 
 def bits_per_byte(total_nll: float, n_bytes: int) -> float:
     if n_bytes <= 0:

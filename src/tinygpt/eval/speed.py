@@ -26,8 +26,8 @@ Logits = Callable[[torch.Tensor], torch.Tensor]  # (batch, seq) ids -> (batch, s
 class SpeedSettings:
     batch_size: int = 8
     seq_len: int = 128
-    warmup: int = 1
-    repeats: int = 5
+    warmup: int = 1  # untimed calls first: the first call pays for allocation and kernel selection
+    repeats: int = 5  # timed calls; their median shrugs off one burst of load from another process
     threads: int = 0  # 0: leave torch's default (all cores)
 
 

@@ -40,19 +40,6 @@ class FullHead:
         logp = F.log_softmax(self._scaled(hidden, temperature), dim=-1)
         return -(logp.exp() * logp).sum(dim=-1)
 
-    def kl(self, hidden: torch.Tensor, other: "FullHead", other_hidden: torch.Tensor) -> torch.Tensor:
-        """KL(this head's next-token distribution || `other`'s) (batch, seq), summed over the vocabulary.
-
-        `other` must score the same vocabulary layout (both full, or both compact heads of one frozen
-        embedding): a compact row's tokens split its probability evenly in both, so their KL is the KL
-        over the rows and the log-counts cancel.
-        """
-        if type(other) is not type(self):
-            raise ValueError("kl needs two heads over the same vocabulary layout (both full or both compact)")
-        logp = F.log_softmax(self._scaled(hidden, 1.0), dim=-1)
-        logq = F.log_softmax(other._scaled(other_hidden, 1.0), dim=-1)
-        return (logp.exp() * (logp - logq)).sum(dim=-1)
-
     def sample(self, hidden: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
         """One id per row of `hidden` (batch, n_embd) from softmax(logits / temperature)."""
         return sample_softmax(self.model.lm_head(hidden), temperature, generator)

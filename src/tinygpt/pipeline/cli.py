@@ -26,11 +26,13 @@ def run_stage(main: Callable[[], None]) -> None:
 
 
 def cmd_params(args: argparse.Namespace) -> None:
-    sections = params.load_all(args.file)
+    from tinygpt.pipeline.sections import SECTIONS, load_all
+
+    sections = load_all(args.file)
     if args.section:
         sections = {args.section: sections[args.section]} if args.section in sections else None
         if sections is None:
-            raise params.ParamsError(f"no section '{args.section}'; known: {', '.join(params.SECTIONS)}")
+            raise params.ParamsError(f"no section '{args.section}'; known: {', '.join(SECTIONS)}")
     print(json.dumps({name: params.as_dict(s) for name, s in sections.items()}, indent=2))
 
 

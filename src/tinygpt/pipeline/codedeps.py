@@ -1,10 +1,13 @@
 """The project code a stage runs: the transitive closure of its script's imports, read from the source.
 
-One definition serves two checks. `dvc.yaml` lists a stage's code deps, and a test compares them with
-`stage_files(stage)`, so an edit to any module a stage imports reruns the stage. The pretrain stage
-hashes the same modules (`code_digest`) into its checkpoint key, so a code change never resumes a
-checkpoint that older code wrote. Imports are read with `ast` (nothing is imported), including imports
-inside functions, so the closure is a superset of what any one run executes.
+`dvc.yaml` lists a stage's code deps, and a test compares them with `stage_files(stage)`, so an edit to
+any module a stage imports reruns the stage. The pretrain stage hashes the closure of the training code
+alone (`code_digest("tinygpt.train.loop")`) into its checkpoint key: an edit to code that decides the
+weights never resumes a checkpoint older code wrote, while an edit to code that only reports on them
+reruns the stage without retraining. Imports are read with `ast` (nothing is imported), including imports
+inside functions, so the closure is a superset of what any one run executes. Modules are found where
+Python would import them from; `stages/__init__.py` puts the checkout's own `src/` first on the path, so
+that is the code the stages run and the code hashed here.
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ from pathlib import Path
 PROJECT_PACKAGES = ("tinygpt", "stages")
 
 # Plumbing that cannot change a stage's outputs, so it is no code dep (and its own imports are not
-# followed): MLflow logging, the command-line wrapper that turns errors into one line, the malloc
-# setting that wrapper applies (speed only), and the package marker, which holds only the version
-# string the CLI prints.
-EXEMPT = ("tinygpt.pipeline.tracking", "tinygpt.pipeline.cli", "tinygpt.core.allocator", "tinygpt")
+# followed): MLflow logging (`tracking`), MLflow model logging and registration (`registry`: it writes only
+# to the MLflow store; the model-loading and serving code its pyfunc models run is therefore no dep of a
+# training stage), the command-line wrapper that turns errors into one line, the malloc setting that
+# wrapper applies (speed only), and the package marker, which holds only the version string the CLI prints.
+EXEMPT = ("tinygpt.pipeline.tracking", "tinygpt.pipeline.registry", "tinygpt.pipeline.cli",
+          "tinygpt.core.allocator", "tinygpt")
 
 
 def package_dir(package: str) -> Path | None:
@@ -98,9 +103,14 @@ def is_inert(path: Path) -> bool:
     return path.name == "__init__.py" and all(is_docstring)
 
 
+def modules(entry: str) -> dict[str, Path]:
+    """The closure of a module, without inert package markers."""
+    return {name: path for name, path in closure(entry).items() if not is_inert(path)}
+
+
 def stage_modules(stage: str) -> dict[str, Path]:
-    """The closure of `stages/<stage>.py`, without inert package markers."""
-    return {name: path for name, path in closure(f"stages.{stage}").items() if not is_inert(path)}
+    """The closure of `stages/<stage>.py`."""
+    return modules(f"stages.{stage}")
 
 
 def stage_files(stage: str, root: Path) -> list[str]:
@@ -108,9 +118,10 @@ def stage_files(stage: str, root: Path) -> list[str]:
     return sorted(path.resolve().relative_to(root.resolve()).as_posix() for path in stage_modules(stage).values())
 
 
-def code_digest(stage: str) -> str:
-    """sha256 over the names and contents of the stage's modules: changes with any edit to its code."""
+def code_digest(entry: str) -> str:
+    """sha256 over the names and contents of the modules `entry` imports (and its own): changes with any
+    edit to that code, and with nothing else."""
     digest = hashlib.sha256()
-    for name, path in sorted(stage_modules(stage).items()):
+    for name, path in sorted(modules(entry).items()):
         digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

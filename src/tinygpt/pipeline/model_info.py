@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 
 from tinygpt.core.errors import TinyGptError
+from tinygpt.core.io import lookup
 from tinygpt.model.gpt import GPT
 from tinygpt.model.loading import load_trunk, model_format
 from tinygpt.pipeline import paths
+from tinygpt.pipeline.model_uri import model_dir
 
-MLFLOW_SCHEMES = ("models:/", "runs:/")
 OWN_METRICS_FILE = "metrics.json"  # carried inside a registered MLflow model's directory
 # The pipeline's model directories and the stage whose metrics file describes each.
 STAGE_OF_DIR = {paths.PRETRAIN_DIR: "pretrain", paths.RLHF_DIR: "rlhf", paths.DPO_DIR: "dpo",
@@ -23,15 +24,6 @@ FORMAT_NAMES = {
     "huggingface": "Hugging Face GPT-2 directory",
     "reward": "reward model (GPT trunk + scalar head; a scorer, not a language model)",
 }
-
-
-def model_dir(model: str) -> Path:
-    """The local directory of a MODEL argument: a path, or an MLflow URI downloaded by the registry."""
-    if model.startswith(MLFLOW_SCHEMES):
-        from tinygpt.pipeline import registry  # imports mlflow (seconds): only URIs need it
-
-        return Path(registry.local_model_dir(model))
-    return Path(model).expanduser()
 
 
 def metrics_path(directory: Path) -> Path | None:
@@ -49,16 +41,6 @@ def read_metrics(path: Path) -> dict:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise TinyGptError(f"{path}: not valid JSON ({err}); rerun the stage that writes it") from err
-
-
-def lookup(metrics: dict, dotted: str):
-    """metrics['a']['b'] for 'a.b', or None where a key is absent."""
-    value = metrics
-    for key in dotted.split("."):
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
 
 
 def parameter_counts(gpt: GPT, head=None) -> dict[str, int]:

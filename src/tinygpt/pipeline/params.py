@@ -1,11 +1,10 @@
 """params.yaml, loaded into validated dataclasses: one section each, defined beside the code it configures
 (data/config.py, model/config.py, train/config.py, eval/config.py, rlhf/config.py); tracking's is here.
 
-params.yaml is the one place that says what a key means, and each dataclass's defaults are its values, so
-`TrainParams()` is the pipeline's recipe (tests/pipeline/test_params.py fails, naming the key, where they differ).
-
-Each stage loads only its own sections; dvc.yaml declares exactly the keys those sections hold, so DVC
-reruns a stage when, and only when, one of them changes.
+A stage names the dataclasses of the sections it reads (`load_sections(train=TrainParams, ...)`), so it
+imports, and DVC hashes, only those config modules; dvc.yaml declares exactly the keys they hold, so DVC
+reruns a stage when, and only when, one of them changes. This module imports no config module: the table of
+every section (for check_params, the report and `tinygpt params`) is `tinygpt.pipeline.sections`.
 """
 from __future__ import annotations
 
@@ -21,12 +20,6 @@ import yaml
 
 from tinygpt.core.checks import require
 from tinygpt.core.errors import ParamsError
-from tinygpt.data.config import DataParams, SplitParams, TokenizeParams
-from tinygpt.eval.config import CompareParams, EvalParams
-from tinygpt.model.config import GPTConfig
-from tinygpt.rlhf.config import (BestOfNParams, DpoParams, HeldOutParams,
-                                 PreferencesParams, RewardParams, RlhfParams)
-from tinygpt.train.config import TrainParams
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -41,25 +34,6 @@ class TrackingParams:
 
     def validate(self) -> None:
         require(bool(self.experiment.strip()), "tracking.experiment", "a non-empty name", self.experiment)
-
-
-# Section name in params.yaml -> its dataclass. Later stages add theirs here.
-SECTIONS: dict[str, type] = {
-    "tracking": TrackingParams,
-    "data": DataParams,
-    "tokenize": TokenizeParams,
-    "split": SplitParams,
-    "model": GPTConfig,
-    "train": TrainParams,
-    "eval": EvalParams,
-    "compare": CompareParams,
-    "preferences": PreferencesParams,
-    "reward": RewardParams,
-    "heldout": HeldOutParams,
-    "best_of_n": BestOfNParams,
-    "rlhf": RlhfParams,
-    "dpo": DpoParams,
-}
 
 
 # ---------------------------------------------------------------- loading
@@ -78,11 +52,8 @@ def read_yaml(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     return raw
 
 
-def build_section(name: str, values: Any) -> Any:
-    """Turn one mapping from params.yaml into its validated dataclass."""
-    if name not in SECTIONS:
-        raise ParamsError(f"params.yaml: unknown section '{name}'; known sections: {', '.join(SECTIONS)}")
-    cls = SECTIONS[name]
+def build_section(name: str, cls: type, values: Any) -> Any:
+    """Turn one mapping from params.yaml into its validated dataclass `cls`."""
     values = {} if values is None else values
     if not isinstance(values, dict):
         raise ParamsError(f"params.yaml: section '{name}' must be a mapping of keys to values")
@@ -137,19 +108,10 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
     return value
 
 
-def load_sections(*names: str, path: str | Path = PARAMS_FILE) -> types.SimpleNamespace:
-    """Load and validate only the named sections (a stage reads only its own keys)."""
+def load_sections(path: str | Path = PARAMS_FILE, **sections: type) -> types.SimpleNamespace:
+    """Load and validate the named sections only, e.g. `load_sections(train=TrainParams)` -> `.train`."""
     raw = read_yaml(path)
-    return types.SimpleNamespace(**{name: build_section(name, raw.get(name)) for name in names})
-
-
-def load_all(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """Every section of params.yaml, validated; unknown sections are errors."""
-    raw = read_yaml(path)
-    for name in raw:
-        if name not in SECTIONS:
-            raise ParamsError(f"params.yaml: unknown section '{name}'; known sections: {', '.join(SECTIONS)}")
-    return {name: build_section(name, raw.get(name)) for name in SECTIONS}
+    return types.SimpleNamespace(**{name: build_section(name, cls, raw.get(name)) for name, cls in sections.items()})
 
 
 def as_dict(section: Any) -> dict[str, Any]:
@@ -171,7 +133,7 @@ def flatten(sections: dict[str, Any] | types.SimpleNamespace) -> dict[str, Any]:
 NOT_DVC_DEPS = ("tracking.required",)
 
 
-def dvc_keys(*names: str) -> list[str]:
-    """The dotted keys of these sections, as dvc.yaml must list them (checked by a test)."""
-    keys = [f"{name}.{f.name}" for name in names for f in dataclasses.fields(SECTIONS[name])]
+def dvc_keys(name: str, cls: type) -> list[str]:
+    """The dotted keys of one section, as dvc.yaml must list them (checked by a test)."""
+    keys = [f"{name}.{f.name}" for f in dataclasses.fields(cls)]
     return [key for key in keys if key not in NOT_DVC_DEPS]

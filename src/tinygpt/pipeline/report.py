@@ -91,19 +91,10 @@ def read_stage_metrics(stages: tuple[str, ...] = STAGES) -> dict[str, dict]:
     return found
 
 
-def lookup(metrics: dict, dotted: str) -> Any:
-    value: Any = metrics
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return None
-        value = value[part]
-    return value
-
-
 def headline_metrics(stage_metrics: dict[str, dict]) -> dict[str, float]:
     found = {}
     for name, stage, key in HEADLINES:
-        value = lookup(stage_metrics.get(stage, {}), key)
+        value = io.lookup(stage_metrics.get(stage, {}), key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             found[name] = float(value)
     return found

@@ -21,7 +21,7 @@ import yaml
 
 from tinygpt.core.errors import TinyGptError
 from tinygpt.pipeline.paths import metrics_file
-from tinygpt.pipeline.report import lookup
+from tinygpt.core.io import lookup
 
 
 @dataclass(frozen=True)

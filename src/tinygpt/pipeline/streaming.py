@@ -16,7 +16,7 @@ from tinygpt.data import tokenizer
 from tinygpt.model.generate import stream_tokens
 from tinygpt.model.gpt import GPT
 from tinygpt.model.loading import load_language_model
-from tinygpt.pipeline.model_info import model_dir
+from tinygpt.pipeline.model_uri import model_dir
 
 
 @dataclass

@@ -197,7 +197,7 @@ def source_tags(stage: str) -> dict[str, str]:
     return tags
 
 
-def file_digest(path: Path) -> str:
+def md5_digest(path: Path) -> str:
     """md5 of a file (the hash dvc.lock records for it) or over a directory's files and their names."""
     path = Path(path)
     if path.is_file():
@@ -279,7 +279,7 @@ class StageRun:
         from mlflow.entities import DatasetInput, InputTag
 
         name = paths.DATASET_NAMES.get(Path(path), Path(path).name)
-        dataset = MetaDataset(LocalArtifactDatasetSource(Path(path).as_posix()), name=name, digest=file_digest(path))
+        dataset = MetaDataset(LocalArtifactDatasetSource(Path(path).as_posix()), name=name, digest=md5_digest(path))
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
         with_retry(lambda: self.mlflow_client.log_inputs(self.run_id, datasets=[entity]))
 

@@ -19,6 +19,8 @@ import math
 import numpy as np
 import pandas as pd
 
+from tinygpt.core.stats import sem
+
 
 def analytic_kl(n: int) -> float:
     """KL(best-of-n || reference) in nats, for a reward that ties with probability zero."""
@@ -94,10 +96,6 @@ def soft_best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, betas: list[float]
                      "gold_gain_se": sem(gold_gain), "proxy_gain": proxy_gain.mean(),
                      "proxy_gain_se": sem(proxy_gain)})
     return pd.DataFrame(rows)
-
-
-def sem(per_prompt: np.ndarray) -> float:
-    return float(per_prompt.std(ddof=1) / math.sqrt(len(per_prompt))) if len(per_prompt) > 1 else float("nan")
 
 
 def gold_gain_at(curve: pd.DataFrame, kl: float) -> tuple[float, bool]:

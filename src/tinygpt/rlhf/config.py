@@ -10,10 +10,6 @@ from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative, one_of,
                                  positive, require, unit_interval)
 
 
-# Which weights a finetuning run moves (tinygpt.rlhf.finetune.restrict_training).
-TRAINABLE_SCOPES = ("blocks", "biases")
-
-
 @dataclass
 class PreferencesParams:
     """params.yaml `preferences`: prompts cut from the text, sampled continuations, pairs labelled by an
@@ -86,12 +82,10 @@ class HeldOutParams:
     batch_size: int = 256
     kl_budget: float = 6.0
     perplexity_budget: float = 0.10
-    table_samples: int = 8
 
     def validate(self) -> None:
         for key in ("samples_per_prompt", "temperature", "batch_size", "kl_budget", "perplexity_budget"):
             positive(f"heldout.{key}", getattr(self, key))
-        non_negative("heldout.table_samples", self.table_samples)
 
 
 @dataclass
@@ -127,7 +121,6 @@ class RlhfParams:
     ppo_epochs: int = 2
     temperature: float = 1.0
     learning_rate: float = 5e-5
-    train_embeddings: bool = False
     logit_bias_lr: float = 1e-2  # learning rate of a per-token logit bias the policy gains (GPT.add_logit_bias); 0 = none
     adaptive_kl: bool = True
     init_kl_coef: float = 0.05
@@ -179,22 +172,19 @@ class DpoParams:
     against a frozen copy of it (the reference); with `pairs: reward_ranked`, on pairs of its own samples
     that the reward model ranked (tinygpt.rlhf.ranked_pairs)."""
 
-    pairs: str = "reward_ranked"  # preferences: the labelled pairs; reward_ranked: reference samples ranked by the reward model
+    # preferences: the labelled pairs, hard labels (chosen wins); reward_ranked: reference samples ranked by the
+    # reward model, soft labels (sigmoid of the reward difference)
+    pairs: str = "reward_ranked"
     ranked_samples: int = 16  # reward_ranked: continuations per train prompt; the best and the worst form its pair
     ranked_pairs: int = 8  # reward_ranked: pairs per prompt (best/worst, 2nd best/2nd worst, ...), <= ranked_samples / 2
-    rounds: int = 1  # reward_ranked: on-policy rounds; round k samples its share of the train prompts from the policy so far
-    labels: str = "reward"  # hard: chosen always wins (DPO); reward: sigmoid of the reward difference (reward_ranked only)
-    trainable: str = "blocks"  # blocks: all but the embeddings; biases: biases and LayerNorm gains only (BitFit)
     beta: float = 0.2  # strength of the implicit KL to the reference: reward = beta * log(policy / ref)
     learning_rate: float = 2e-5
     epochs: int = 1
     batch_size: int = 16  # pairs per step
     warmup_steps: int = 10
     grad_clip: float = 1.0
-    max_pairs: int = 0  # train on a seeded subset of this many pairs; 0 = all pairs
     ptx_coef: float = 0.1  # weight of the next-token loss on train-split windows (as rlhf.ptx_coef); 0 = off
     ptx_batch_size: int = 8
-    kl_coef: float = 0.0  # weight of the pairs' token-level KL to the reference (nats per continuation); 0 = off
     logit_bias_lr: float = 1e-2  # learning rate of a per-token logit bias the policy gains (GPT.add_logit_bias); 0 = none
     eval_interval: int = 96  # steps between held-out evaluations; 0 = only at the start and the end
     seed: int = 1337
@@ -205,22 +195,13 @@ class DpoParams:
         for key in ("beta", "learning_rate", "epochs", "batch_size", "grad_clip"):
             positive(f"dpo.{key}", getattr(self, key))
         positive("dpo.ptx_batch_size", self.ptx_batch_size)
-        for key in ("warmup_steps", "max_pairs", "eval_interval", "ptx_coef", "kl_coef", "logit_bias_lr"):
+        for key in ("warmup_steps", "eval_interval", "ptx_coef", "logit_bias_lr"):
             non_negative(f"dpo.{key}", getattr(self, key))
         one_of("dpo.pairs", self.pairs, ("preferences", "reward_ranked"))
-        one_of("dpo.trainable", self.trainable, TRAINABLE_SCOPES)
-        one_of("dpo.labels", self.labels, ("hard", "reward"))
-        require(self.labels == "hard" or self.pairs == "reward_ranked", "dpo.labels",
-                "hard with dpo.pairs: preferences (soft labels come from the reward model's scores, and the "
-                "labelled pairs' scores are the oracle's)", self.labels)
         require(self.ranked_samples >= 2, "dpo.ranked_samples", "an integer >= 2 (a best and a worst)",
                 self.ranked_samples)
         require(1 <= self.ranked_pairs <= self.ranked_samples // 2, "dpo.ranked_pairs",
                 f"an integer from 1 to dpo.ranked_samples / 2 = {self.ranked_samples // 2} (no sample in two pairs)",
                 self.ranked_pairs)
-        require(isinstance(self.rounds, int) and self.rounds >= 1, "dpo.rounds", "an integer >= 1", self.rounds)
-        require(self.rounds == 1 or self.pairs == "reward_ranked", "dpo.rounds",
-                "1 with dpo.pairs: preferences (the labelled pairs are fixed; rounds sample new pairs from the policy)",
-                self.rounds)
         one_of("dpo.device", self.device, DEVICES)
         one_of("dpo.precision", self.precision, PRECISIONS)

@@ -28,7 +28,7 @@ from tinygpt.data.batches import RandomWindows
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import FullHead, output_head
 from tinygpt.rlhf.config import DpoParams
-from tinygpt.rlhf.finetune import finetuning_optimizer, ptx_loss, restrict_training
+from tinygpt.rlhf.finetune import finetuning_optimizer, freeze_embeddings, ptx_loss
 from tinygpt.rlhf.reward_model import lr_factor, pad_sequences
 from tinygpt.rlhf.rollout import action_hidden
 
@@ -95,23 +95,15 @@ def continuation_mask(last: torch.Tensor, prompt_len: int, width: int) -> torch.
     return (positions[None, :] <= last[:, None]).float()
 
 
-def token_logprobs(
-    model: GPT, sequences: torch.Tensor, prompt_len: int, precision: str, head: FullHead
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The hidden states at the continuation's positions and each continuation token's log-prob (both
-    (batch, width - prompt_len, ...)), through `head`."""
-    with autocast(sequences.device, precision):
-        hidden = action_hidden(model, sequences, prompt_len)
-        return hidden, head.logprobs(hidden, sequences[:, prompt_len:])
-
-
 def sequence_logprobs(
     model: GPT, sequences: torch.Tensor, prompt_len: int, mask: torch.Tensor, precision: str,
     head: FullHead | None = None,
 ) -> torch.Tensor:
     """log p(continuation | prompt) (batch,): the sum over the masked continuation tokens of their
     log-probs (through `head`, by default the model's full LM head)."""
-    _, logp = token_logprobs(model, sequences, prompt_len, precision, head or FullHead(model))
+    head = head or FullHead(model)
+    with autocast(sequences.device, precision):
+        logp = head.logprobs(action_hidden(model, sequences, prompt_len), sequences[:, prompt_len:])
     return (logp * mask).sum(dim=1)
 
 
@@ -127,27 +119,6 @@ def pair_logprobs(
     sequences, mask = pair_sequences(data)
     logp = sequence_logprobs(model, sequences, data.prompt_len, mask, precision, head)
     return logp[: len(data)], logp[len(data) :]
-
-
-def continuation_kl(
-    hidden: torch.Tensor, head: FullHead, reference: tuple[GPT, FullHead], sequences: torch.Tensor,
-    prompt_len: int, mask: torch.Tensor, precision: str,
-) -> torch.Tensor:
-    """KL(policy || reference) of the next-token distributions, summed over the vocabulary and over each
-    continuation's positions, averaged over the continuations: nats per continuation, the unit of the
-    held-out KL. `hidden` is the policy's at those positions (token_logprobs), with its graph.
-
-    Measured at every position of the pairs' continuations over the whole vocabulary, this is an exact,
-    low-noise penalty on moves of the policy that the preference loss does not ask for: DPO's gradient
-    only touches the pairs' own tokens, and what the shared weights do to every other next-token choice
-    is KL the held-out evaluation counts but no pair pays for.
-    """
-    ref, ref_head = reference
-    with torch.no_grad(), autocast(sequences.device, precision):
-        ref_hidden = action_hidden(ref, sequences, prompt_len)
-    with autocast(sequences.device, precision):
-        kl = head.kl(hidden, ref_head, ref_hidden)
-    return (kl * mask).sum(dim=1).mean()
 
 
 @torch.no_grad()
@@ -210,14 +181,6 @@ def pair_summary(pairs: Dataset) -> dict[str, float]:
             "rejected_score_mean": float(np.mean(pairs["rejected_score"]))}
 
 
-def subset(pairs: Dataset, max_pairs: int, seed: int) -> Dataset:
-    """A seeded random `max_pairs` of the pairs (in their original order); all of them when max_pairs is 0."""
-    if max_pairs <= 0 or max_pairs >= len(pairs):
-        return pairs
-    rows = np.random.default_rng(seed).choice(len(pairs), size=max_pairs, replace=False)
-    return pairs.select(np.sort(rows))
-
-
 def eval_steps(total_steps: int, eval_interval: int) -> set[int]:
     """Numbers of updates done after which the caller evaluates: 0, every eval_interval, and the last."""
     every = range(0, total_steps, eval_interval) if eval_interval > 0 else [0]
@@ -233,17 +196,14 @@ def pair_batches(n_pairs: int, batch_size: int, epochs: int, seed: int) -> Itera
 
 
 def train_dpo(
-    policy: GPT, ref: GPT, pairs: Dataset | Callable[[int, GPT], Dataset], dpo_params: DpoParams, precision: str,
+    policy: GPT, ref: GPT, pairs: Dataset, dpo_params: DpoParams, precision: str,
     on_step: Callable[[int, dict], None] = lambda step, stats: None,
     on_eval: Callable[[int, GPT], None] | None = None, corpus: np.ndarray | None = None,
 ) -> list[dict]:
     """`dpo_params.epochs` shuffled passes of DPO over the pairs; returns one row of stats per step.
-    `pairs` is the pairs, or a function (round, policy) -> that round's pairs, called at the start of each of
-    `dpo_params.rounds` rounds with the policy as trained so far (ranked_pairs.RankedRounds: on-policy
-    rounds); every round makes its passes over its own pairs, under one learning-rate schedule sized from
-    the first round. With `corpus` (train-split tokens) and dpo_params.ptx_coef > 0, every step also fits
-    the corpus, as PPO-ptx does (finetune.ptx_loss); with dpo_params.kl_coef > 0 it also pays that much
-    per nat of the pairs' token-level KL to `ref` (continuation_kl).
+    Reward-ranked pairs (dpo_params.pairs) train on the reward model's soft labels, the labelled pairs on
+    hard ones (preference_tensors). With `corpus` (train-split tokens) and dpo_params.ptx_coef > 0, every
+    step also fits the corpus, as PPO-ptx does (finetune.ptx_loss).
 
     Only the transformer blocks and the final LayerNorm train (see dpo_optimizer). The policy stays in
     eval mode: dropout would make the policy's log-probs noisy where the reference's are not, and the
@@ -254,84 +214,65 @@ def train_dpo(
     rows (a model pretrained over the training vocabulary): the same numbers as the full head, less work.
     """
     device = next(policy.parameters()).device
-    draw = pairs if callable(pairs) else lambda round_index, model: pairs
-    # freezes at least the embedding the compact head copies
-    optimizer = dpo_optimizer(policy, dpo_params.learning_rate, dpo_params.trainable, dpo_params.logit_bias_lr)
+    # freezes the embedding the compact head copies
+    optimizer = dpo_optimizer(policy, dpo_params.learning_rate, dpo_params.logit_bias_lr)
     head, ref_head = output_head(policy, compact=True), output_head(ref, compact=True)
     pretrain = None
     if corpus is not None and dpo_params.ptx_coef > 0:
         pretrain = RandomWindows(corpus, policy.config.block_size, dpo_params.ptx_batch_size, dpo_params.seed)
-    reference_model = (ref, ref_head) if dpo_params.kl_coef > 0 else None
+    data = preference_tensors(pairs, device, soft_labels=dpo_params.pairs == "reward_ranked")
+    reference = all_logprobs(ref, data, dpo_params.batch_size, precision, ref_head)
+    total = dpo_params.epochs * math.ceil(len(data) / dpo_params.batch_size)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, dpo_params.warmup_steps, total))
+    evals = eval_steps(total, dpo_params.eval_interval)
     history: list[dict] = []
-    schedule, evals = None, set()
     with eval_mode(policy):
-        for round_index in range(dpo_params.rounds):
-            data = preference_tensors(subset(draw(round_index, policy), dpo_params.max_pairs, dpo_params.seed),
-                                      device, soft_labels=dpo_params.labels == "reward")
-            reference = all_logprobs(ref, data, dpo_params.batch_size, precision, ref_head)
-            if schedule is None:  # the rounds share out the prompts evenly, so the first one sizes them all
-                total = dpo_params.rounds * dpo_params.epochs * math.ceil(len(data) / dpo_params.batch_size)
-                schedule = torch.optim.lr_scheduler.LambdaLR(
-                    optimizer, lambda s: lr_factor(s, dpo_params.warmup_steps, total))
-                evals = eval_steps(total, dpo_params.eval_interval)
-            for epoch, index in pair_batches(len(data), dpo_params.batch_size, dpo_params.epochs,
-                                             dpo_params.seed + round_index):
-                step = len(history)
-                if on_eval is not None and step in evals and step < total:  # the last one comes after the loop
-                    on_eval(step, policy)
-                index = index.to(device)
-                row = {"step": step, "round": round_index, "epoch": epoch, "lr": schedule.get_last_lr()[0]}
-                batch_reference = (reference[0][index], reference[1][index])
-                row.update(dpo_step(policy, optimizer, data.rows(index), batch_reference, dpo_params, precision,
-                                    head, pretrain, reference_model))
-                schedule.step()
-                history.append(row)
-                on_step(step, row)
+        for epoch, index in pair_batches(len(data), dpo_params.batch_size, dpo_params.epochs, dpo_params.seed):
+            step = len(history)
+            if on_eval is not None and step in evals and step < total:  # the last one comes after the loop
+                on_eval(step, policy)
+            index = index.to(device)
+            row = {"step": step, "epoch": epoch, "lr": schedule.get_last_lr()[0]}
+            batch_reference = (reference[0][index], reference[1][index])
+            row.update(dpo_step(policy, optimizer, data.rows(index), batch_reference, dpo_params, precision, head,
+                                pretrain))
+            schedule.step()
+            history.append(row)
+            on_step(step, row)
         if on_eval is not None:
             on_eval(len(history), policy)
     return history
 
 
-def dpo_optimizer(
-    policy: GPT, learning_rate: float, trainable: str = "blocks", logit_bias_lr: float = 0.0
-) -> torch.optim.Adam:
+def dpo_optimizer(policy: GPT, learning_rate: float, logit_bias_lr: float = 0.0) -> torch.optim.Adam:
     """Adam over the policy without its token and position embeddings (which it freezes), and with
-    `trainable: biases` over its biases and LayerNorm gains only (finetune.restrict_training); with
     `logit_bias_lr` > 0 also over a per-token logit bias it adds to the policy (GPT.add_logit_bias), at
     that learning rate.
 
     The token embedding is also the LM head: a DPO step on it moves the logit of every one of the 50k
     tokens, most of which no pair contains, and Adam's per-weight normalisation makes those rare-token
     updates as large as the common ones. Freezing it keeps the output vocabulary the language model
-    learned, and DPO trains the same weights as PPO (finetune.restrict_training), so the two compare.
-    The logit bias (finetune.finetuning_optimizer) is the exception that pays: it moves one word's logit.
+    learned, and DPO trains the same weights as PPO (finetune.freeze_embeddings), so the two compare.
+    The logit bias (finetune.finetuning_optimizer) moves one word's logit at a time.
     """
-    restrict_training(policy, trainable)
+    freeze_embeddings(policy)
     return finetuning_optimizer(list(policy.parameters()), learning_rate, policy, logit_bias_lr)
 
 
 def dpo_step(
     policy: GPT, optimizer: torch.optim.Optimizer, batch: PreferenceTensors,
     reference: tuple[torch.Tensor, torch.Tensor], dpo_params: DpoParams, precision: str, head: FullHead,
-    pretrain: RandomWindows | None = None, reference_model: tuple[GPT, FullHead] | None = None,
+    pretrain: RandomWindows | None = None,
 ) -> dict[str, float]:
     """One optimizer step on the DPO loss of one batch of pairs, plus ptx_coef times the corpus loss when
-    `pretrain` is given and kl_coef times the continuations' KL to `reference_model` (the frozen model and
-    its head) when that is given: the DPO loss, its stats, the extra terms and the gradient norm."""
-    sequences, mask = pair_sequences(batch)
-    hidden, logp = token_logprobs(policy, sequences, batch.prompt_len, precision, head)
-    sums = (logp * mask).sum(dim=1)
-    chosen, rejected = sums[: len(batch)], sums[len(batch) :]
+    `pretrain` is given: the DPO loss, its stats, the ptx loss and the gradient norm."""
+    chosen, rejected = pair_logprobs(policy, batch, precision, head)
     loss, stats = dpo_loss(chosen, rejected, *reference, dpo_params.beta, batch.label)
     total = loss
     if pretrain is not None:
         lm_loss = ptx_loss(policy, pretrain, precision, head)
         stats["ptx_loss"] = lm_loss.item()
         total = total + dpo_params.ptx_coef * lm_loss
-    if reference_model is not None:
-        kl = continuation_kl(hidden, head, reference_model, sequences, batch.prompt_len, mask, precision)
-        stats["token_kl"] = kl.item()
-        total = total + dpo_params.kl_coef * kl
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     trained = [w for group in optimizer.param_groups for w in group["params"]]

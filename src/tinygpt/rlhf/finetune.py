@@ -56,23 +56,6 @@ def freeze_embeddings(model: GPT) -> None:
     model.transformer.wpe.requires_grad_(False)
 
 
-def restrict_training(model: GPT, scope: str) -> None:
-    """Choose which weights a finetuning run may move.
-
-    blocks: every weight of the transformer blocks and the final LayerNorm (the embeddings stay frozen).
-    biases: only the biases and LayerNorm gains, about 10k of the default model's weights (BitFit, Ben Zaken
-    et al. 2022). A bias shifts the same direction for every context, so the policy can learn "more of
-    what the reward likes" everywhere, but has no room to move the many next-token choices the reward
-    never looks at, which is where a full update spends KL and perplexity.
-    """
-    freeze_embeddings(model)
-    if scope == "biases":
-        for name, param in model.named_parameters():
-            is_gain = ".ln_" in name  # each block's ln_1 and ln_2, and the final transformer.ln_f
-            if not (name.endswith(".bias") or is_gain):
-                param.requires_grad_(False)
-
-
 def finetuning_optimizer(weights: list[torch.nn.Parameter], learning_rate: float, gpt: GPT,
                          logit_bias_lr: float = 0.0) -> torch.optim.Adam:
     """Adam over `weights` at `learning_rate` and, with `logit_bias_lr` > 0, over a per-token logit bias
@@ -253,10 +236,8 @@ def train_ppo(
     torch.manual_seed(rlhf_params.seed)
     generator = torch.Generator(device).manual_seed(rlhf_params.seed)
     shuffler = torch.Generator().manual_seed(rlhf_params.seed + 1)
-    if not rlhf_params.train_embeddings:
-        freeze_embeddings(policy.gpt)
-    # The compact head is exact only while the embedding it copied stays frozen.
-    policy.head = output_head(policy.gpt, compact=not rlhf_params.train_embeddings)
+    freeze_embeddings(policy.gpt)  # the compact head is exact only while the embedding it copied stays frozen
+    policy.head = output_head(policy.gpt, compact=True)
     ref_head = output_head(ref, compact=True)
     optimizer = finetuning_optimizer(list(policy.parameters()), rlhf_params.learning_rate, policy.gpt,
                                      rlhf_params.logit_bias_lr)

@@ -16,7 +16,7 @@ import pandas as pd
 from tinygpt.core import figures
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf.best_of_n import gold_gain_at
-from tinygpt.rlhf.heldout import EvalTask, Evaluation, change, evaluate
+from tinygpt.rlhf.heldout import EvalTask, Evaluation, change, evaluate_policy
 
 
 def frontier_rows(step: int, reference: Evaluation, evaluation: Evaluation) -> list[dict]:
@@ -51,7 +51,7 @@ class FrontierTracker:
         started = time.perf_counter()
         self.ref, self.task, self.log = ref, task, log
         self.kl_budget, self.perplexity_budget = task.heldout_params.kl_budget, task.heldout_params.perplexity_budget
-        self.reference = evaluate(ref, ref, task)
+        self.reference = evaluate_policy(ref, ref, task)
         self.rows = frontier_rows(0, self.reference, self.reference)
         self.selected_step, self.selected_model, self.selected = 0, copy.deepcopy(ref), self.reference
         self.last_step, self.last = 0, self.reference
@@ -59,7 +59,7 @@ class FrontierTracker:
 
     def add(self, step: int, model: GPT) -> None:
         started = time.perf_counter()
-        evaluation = evaluate(model, self.ref, self.task)
+        evaluation = evaluate_policy(model, self.ref, self.task)
         rows = frontier_rows(step, self.reference, evaluation)
         self.rows += rows
         self.last_step, self.last = step, evaluation

@@ -14,6 +14,7 @@ import torch
 from tinygpt.core import figures
 from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode
+from tinygpt.core.stats import sem
 from tinygpt.data.tokenizer import decode
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import FullHead, output_head
@@ -47,11 +48,6 @@ class HeldOut:
             out[f"{name}_mean"] = float(values.mean())
             out[f"{name}_se"] = sem(self.per_prompt(values))
         return {**out, "response_tokens_mean": float(self.tokens.mean())}
-
-
-def sem(per_prompt: np.ndarray) -> float:
-    """Standard error of the mean across prompts."""
-    return float(per_prompt.std(ddof=1) / np.sqrt(len(per_prompt))) if len(per_prompt) > 1 else float("nan")
 
 
 def scored_rollouts(
@@ -121,7 +117,7 @@ class Evaluation:
         return {**self.sets[held_out_set].metrics(), "val_loss": self.val_loss, "val_perplexity": self.val_perplexity}
 
 
-def evaluate(model: GPT, ref: GPT, task: EvalTask) -> Evaluation:
+def evaluate_policy(model: GPT, ref: GPT, task: EvalTask) -> Evaluation:
     """Held-out continuations of each set (the same seed for every model) and the val perplexity."""
     settings = task.heldout_params
     sets = {
@@ -185,7 +181,7 @@ def samples_table(prompts: np.ndarray, before: HeldOut, after: HeldOut, samples:
     )
 
 
-def samples_markdown(table: pd.DataFrame, oracle: Oracle, seed: int) -> str:
+def policy_samples_markdown(table: pd.DataFrame, oracle: Oracle, seed: int) -> str:
     """The sample table as Markdown; newlines shown as ⏎ so each sample stays on its row."""
     shown = table.map(lambda v: v.replace("\n", "⏎").replace("|", "\\|") if isinstance(v, str) else v)
     return (

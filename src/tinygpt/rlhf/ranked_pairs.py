@@ -1,5 +1,4 @@
-"""On-policy preference pairs for DPO: continuations sampled from the reference (and, round by round, from
-the policy being trained), ranked by the reward model.
+"""On-policy preference pairs for DPO: continuations sampled from the reference, ranked by the reward model.
 
 The preference pairs of the preferences stage are what a labeller saw; DPO on them learns the labeller's
 preferences, but nothing makes it spend its KL where the reward model (PPO's target, best-of-n's judge)
@@ -11,17 +10,13 @@ judge is the reward model, as for PPO, so the two compare.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 import torch
 from datasets import Dataset
 
-from tinygpt.core.errors import ParamsError
 from tinygpt.core.modes import eval_mode
 from tinygpt.data.tokenizer import decode
 from tinygpt.model.gpt import GPT
-from tinygpt.rlhf.config import DpoParams
 from tinygpt.rlhf.heldout import scored_rollouts
 from tinygpt.rlhf.preferences import PAIR_FEATURES
 from tinygpt.rlhf.reward_model import RewardModel
@@ -48,8 +43,8 @@ def ranked_pairs(prompt_ids: np.ndarray, ids: list[list[int]], rewards: np.ndarr
     """Pairs of each prompt's samples by reward rank: the best over the worst, the second best over the
     second worst, and so on, `pairs_per_prompt` of them (at most samples // 2, so no sample is in two
     pairs). One pair per prompt shows DPO only the extremes; samples // 2 pairs pin down where every sample
-    should move, which with soft labels (dpo.labels: reward) leaves the policy less room to drift. A pair
-    whose two samples score the same is dropped. Scores are the rewards, not an oracle's."""
+    should move, which with soft labels leaves the policy less room to drift. A pair whose two samples
+    score the same is dropped. Scores are the rewards, not an oracle's."""
     samples = rewards.shape[1]
     rows: dict[str, list] = {name: [] for name in PAIR_FEATURES}
     for p, prompt in enumerate(prompt_ids.tolist()):
@@ -78,39 +73,3 @@ def reward_ranked_pairs(
                                     seed, precision, batch_size)
     return ranked_pairs(prompt_ids, ids, rewards, pairs_per_prompt)
 
-
-@dataclass
-class RankedRounds:
-    """The training pairs of `dpo.rounds` on-policy rounds, as train_dpo draws them: the train prompts cut
-    into `rounds` equal parts, round k's pairs ranked from the samples of the policy as trained by rounds
-    0 .. k-1 (round 0: the reference itself) on part k (iterative DPO, Xu et al. 2023; Tajwar et al. 2024).
-
-    Pairs from the reference say nothing about continuations the reference rarely writes, and those are
-    where a policy that has moved spends its samples, so its KL can grow there unchecked. Sampling each round
-    from the policy puts the pairs where it now is. The target does not move: the log-ratios stay to the
-    frozen reference, so the soft-label loss still stops at β·Δlog(policy/reference) = Δreward. One round
-    is the reference's samples of every prompt; more rounds cost no more sampling, only later samples.
-    """
-
-    reward_model: RewardModel
-    prompt_ids: np.ndarray  # (train prompts, prompt_len)
-    dpo_params: DpoParams
-    max_new_tokens: int
-    temperature: float
-    precision: str
-    batch_size: int
-    drawn: list[Dataset] = field(default_factory=list)  # every round's pairs so far
-
-    def __post_init__(self) -> None:
-        if self.dpo_params.rounds > len(self.prompt_ids):
-            raise ParamsError(f"dpo.rounds = {self.dpo_params.rounds} is more than the {len(self.prompt_ids)} train "
-                              "prompts (preferences.train_prompts): every round needs prompts of its own")
-
-    def __call__(self, round_index: int, model: GPT) -> Dataset:
-        d = self.dpo_params
-        part = np.array_split(self.prompt_ids, d.rounds)[round_index]
-        pairs = reward_ranked_pairs(model, self.reward_model, part, d.ranked_samples, self.max_new_tokens,
-                                    self.temperature, d.seed + round_index, self.precision, self.batch_size,
-                                    d.ranked_pairs)
-        self.drawn.append(pairs)
-        return pairs

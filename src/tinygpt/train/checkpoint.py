@@ -24,9 +24,8 @@ from tinygpt.train.config import TrainParams
 CHECKPOINT_FILE = "checkpoint.pt"
 KEY_FILE = "config.json"  # what the key was computed from, for a person looking at the cache
 
-# Params that change what is reported after training but not the weights, the optimizer or the curves.
-REPORT_ONLY_KEYS = ("checkpoint_interval", "log_interval", "sample_prompts", "sample_tokens",
-                    "sample_temperature", "sample_top_k")
+# Params that change when checkpoints are written but not the weights, the optimizer or the curves.
+REPORT_ONLY_KEYS = ("checkpoint_interval",)
 
 
 def file_digest(path: Path) -> str:

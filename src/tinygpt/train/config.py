@@ -1,7 +1,7 @@
 """Params of pretraining (the train section of params.yaml); torch-free."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative,
                                  one_of, positive, require)
@@ -23,7 +23,6 @@ class TrainParams:
     optimizer: str = "muon"
     muon_momentum: float = 0.95
     muon_weight_decay: float = 2.0
-    adamw_lr_scale: float = 1.0  # 1 unless optimizer is muon
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
@@ -33,21 +32,16 @@ class TrainParams:
     eval_interval: int = 150
     eval_batches: int = 4
     checkpoint_interval: int = 350
-    log_interval: int = 10
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"
     compile: bool = True
     threads: int = 0
     nproc_per_node: int = 1
-    sample_prompts: list[str] = field(default_factory=lambda: ["ROMEO:", "To be or not to"])
-    sample_tokens: int = 64
-    sample_temperature: float = 0.8
-    sample_top_k: int | None = 200
 
     def validate(self) -> None:
         for key in ("max_steps", "batch_size", "grad_accum_steps", "learning_rate", "eval_interval",
-                    "eval_batches", "checkpoint_interval", "log_interval", "nproc_per_node"):
+                    "eval_batches", "checkpoint_interval", "nproc_per_node"):
             positive(f"train.{key}", getattr(self, key))
         require(self.batch_size % self.nproc_per_node == 0, "train.batch_size",
                 f"a multiple of train.nproc_per_node = {self.nproc_per_node} (each process takes an equal share)",
@@ -60,9 +54,6 @@ class TrainParams:
         one_of("train.optimizer", self.optimizer, ("adamw", "muon"))
         require(0 <= self.muon_momentum < 1, "train.muon_momentum", "a number in [0, 1)", self.muon_momentum)
         non_negative("train.muon_weight_decay", self.muon_weight_decay)
-        positive("train.adamw_lr_scale", self.adamw_lr_scale)
-        require(self.optimizer == "muon" or self.adamw_lr_scale == 1, "train.adamw_lr_scale",
-                "1 unless train.optimizer is muon (it scales the AdamW part beside Muon)", self.adamw_lr_scale)
         for key in ("beta1", "beta2"):
             require(0 <= getattr(self, key) < 1, f"train.{key}", "a number in [0, 1)", getattr(self, key))
         non_negative("train.grad_clip", self.grad_clip)
@@ -74,9 +65,3 @@ class TrainParams:
         one_of("train.device", self.device, DEVICES)
         one_of("train.precision", self.precision, PRECISIONS)
         non_negative("train.threads", self.threads)
-        for i, prompt in enumerate(self.sample_prompts):
-            require(bool(prompt), f"train.sample_prompts[{i}]", "a non-empty string", prompt)
-        non_negative("train.sample_tokens", self.sample_tokens)
-        non_negative("train.sample_temperature", self.sample_temperature)
-        if self.sample_top_k is not None:
-            positive("train.sample_top_k", self.sample_top_k)

@@ -43,6 +43,9 @@ from tinygpt.train.optim import (MuonWithAdamW, SteppedAsOne, build_optimizer,
 
 StepCallback = Callable[[int, dict], None]  # (step, metrics) -> None, e.g. StageRun.log_step
 
+# Steps between updates of the progress bar's loss and speed: display only, a value is read at a glance.
+LOG_INTERVAL = 10
+
 
 class NonFiniteLossError(TinyGptError):
     """The loss or the gradient became NaN or infinite."""
@@ -188,7 +191,7 @@ def estimate_loss(model: GPT, batches: list, device: torch.device, precision: st
     return float(np.mean(losses))
 
 
-def evaluate(state: TrainState, eval_sets: dict[str, list], device: torch.device, precision: str) -> dict:
+def estimate_losses(state: TrainState, eval_sets: dict[str, list], device: torch.device, precision: str) -> dict:
     row: dict = {"step": state.step}
     for split, batches in eval_sets.items():
         loss = estimate_loss(state.model, batches, device, precision)
@@ -298,7 +301,7 @@ def after_step(state: TrainState, session: Session, row: dict) -> None:
         session.on_step(row["step"], {k: v for k, v in row.items() if k != "step"})
     last = state.step == train_params.max_steps
     if state.step % train_params.eval_interval == 0 or last:
-        record_eval(state, evaluate(state, session.eval_sets, session.device, session.precision), session.on_step)
+        record_eval(state, estimate_losses(state, session.eval_sets, session.device, session.precision), session.on_step)
     if state.step % train_params.checkpoint_interval == 0 or last:
         checkpoint = state.to_checkpoint(session.device, session.world)
         if session.world.is_main:
@@ -308,10 +311,9 @@ def after_step(state: TrainState, session: Session, row: dict) -> None:
 
 @contextmanager
 def deterministic_kernels() -> Iterator[None]:
-    """Same seed, same weights, compiled too. Measured: two compiled runs of the default config drifted
-    apart (max weight difference 0.035 after 60 steps; uncompiled runs matched exactly). With deterministic
-    algorithms on, Inductor picks deterministic kernels and the two runs are identical. warn_only: an op
-    with no deterministic kernel (some CUDA ones) warns instead of stopping the run. Restored afterwards."""
+    """Same seed, same weights, compiled too: Inductor's default kernels may differ run to run, and with
+    deterministic algorithms on it picks deterministic ones. warn_only: an op with no deterministic kernel
+    (some CUDA ones) warns instead of stopping the run. Restored afterwards."""
     before = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -324,8 +326,8 @@ def deterministic_kernels() -> Iterator[None]:
 def train(config: GPTConfig, train_params: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
           on_step: StepCallback | None = None, code_version: str = "", world: World = SINGLE) -> TrainResult:
     """Train until train_params.max_steps, resuming from this configuration's checkpoint in `checkpoint_root`.
-    `code_version` (e.g. codedeps.code_digest of the stage) joins the checkpoint key, so a checkpoint
-    written by other code is never resumed. `world`: this process among torchrun's (its process group
+    `code_version` (codedeps.code_digest of this module: the code that decides the weights) joins the
+    checkpoint key, so a checkpoint written by other code is never resumed. `world`: this process among torchrun's (its process group
     joined, `tinygpt.train.distributed.process_group`); only rank 0 writes the checkpoint."""
     with deterministic_kernels():
         return train_loop(config, train_params, train_path, val_path, checkpoint_root, on_step, code_version, world)
@@ -337,7 +339,7 @@ def train_loop(config: GPTConfig, train_params: TrainParams, train_path: Path, v
     resumed_from = state.step
     replay(state, on_step)
     if state.step == 0:
-        record_eval(state, evaluate(state, session.eval_sets, session.device, session.precision), on_step)
+        record_eval(state, estimate_losses(state, session.eval_sets, session.device, session.precision), on_step)
     bar = tqdm(total=train_params.max_steps, initial=state.step, desc="pretrain", unit="step", file=sys.stderr,
                dynamic_ncols=True, mininterval=1.0, disable=not world.is_main)
     while state.step < train_params.max_steps:
@@ -345,7 +347,7 @@ def train_loop(config: GPTConfig, train_params: TrainParams, train_path: Path, v
                             session.checkpoints, session.last_saved, world, session.ddp)
         after_step(state, session, row)
         bar.update(1)
-        if state.step % train_params.log_interval == 0:
+        if state.step % LOG_INTERVAL == 0:
             bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
     bar.close()
     metrics = summary(state, session.device, session.precision, world)

@@ -5,7 +5,7 @@ from datasets import load_from_disk
 from tinygpt.rlhf import dpo
 from tinygpt.model.heads import CompactHead
 from tinygpt.rlhf.ranked_pairs import reward_ranked_pairs
-from tinygpt.rlhf.finetune import restrict_training
+from tinygpt.rlhf.finetune import freeze_embeddings
 
 _orig = CompactHead._scaled
 def _scaled(self, hidden, temperature):
@@ -27,8 +27,8 @@ else:
                                 p.preferences.temperature, d.seed, precision, p.heldout.batch_size, d.ranked_pairs)
     pairs.save_to_disk(cache)
 
-def optimizer_for(policy, learning_rate, trainable="blocks", logit_bias_lr=0.0):  # this script's bias, not GPT's
-    restrict_training(policy, "blocks" if scope == "blocks" else "biases")
+def optimizer_for(policy, learning_rate, logit_bias_lr=0.0):  # this script's bias, not GPT's
+    freeze_embeddings(policy)
     if scope == "none":
         for w in policy.parameters():
             w.requires_grad_(False)

@@ -1,5 +1,5 @@
-"""What the pretrain stage writes besides the weights: the loss on the whole val split, the curves
-(CSV for `dvc plots`, PNG figures) and samples from fixed prompts."""
+"""What the pretrain stage writes besides the weights: the loss on the whole val split and the curves
+(CSV for `dvc plots`, PNG figures)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,13 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tinygpt.core import io
-from tinygpt.eval import inspection
-from tinygpt.eval.evaluate import likelihood_metrics
 from tinygpt.eval.likelihood import split_nll
 from tinygpt.pipeline import paths
 from tinygpt.pipeline.outputs.curves import write_curves
-from tinygpt.train.config import TrainParams
 from tinygpt.train.loop import TrainResult
 
 STEP_COLUMNS = ["loss", "lr", "grad_norm", "tokens_per_s"]
@@ -27,7 +23,7 @@ def whole_split(model: torch.nn.Module, tokens: np.ndarray, n_bytes: int, device
     model's context: the fixed evaluation batches cover ~10% of the val split and are only a trend; this
     is the number to compare runs by (the evaluate stage adds overlapping windows and calibration)."""
     context = model.config.block_size
-    return likelihood_metrics(split_nll(model, tokens, context, context, batch_size, device, precision), n_bytes)
+    return split_nll(model, tokens, context, context, batch_size, device, precision).metrics(n_bytes)
 
 
 def write_plots(result: TrainResult, plots_dir: Path = paths.PRETRAIN_PLOTS) -> list[Path]:
@@ -40,30 +36,3 @@ def write_plots(result: TrainResult, plots_dir: Path = paths.PRETRAIN_PLOTS) -> 
                  log_y=LOG_COLUMNS)
     return [steps_csv, steps_png, eval_csv, eval_png]
 
-
-def decoding(train_params: TrainParams) -> dict:
-    return {"max_new_tokens": train_params.sample_tokens, "temperature": train_params.sample_temperature,
-            "top_k": train_params.sample_top_k, "seed": train_params.seed}
-
-
-def samples(result: TrainResult, train_params: TrainParams) -> list[dict]:
-    """One continuation per train.sample_prompts from the final weights; prompt i is sampled with seed + i
-    (as the evaluate stage does), so the prompts' draws are independent."""
-    device = next(result.model.parameters()).device
-    precision = result.metrics["precision"]
-    return [
-        inspection.sample(result.model, prompt, train_params.sample_tokens, train_params.sample_temperature,
-                          train_params.sample_top_k, None, train_params.seed + i, torch.device(device), precision)
-        for i, prompt in enumerate(train_params.sample_prompts)
-    ]
-
-
-def write_samples(items: list[dict], train_params: TrainParams,
-                  reports_dir: Path = paths.PRETRAIN_REPORTS) -> list[Path]:
-    reports_dir = Path(reports_dir)
-    json_path = reports_dir / paths.PRETRAIN_SAMPLES_JSON.name
-    md_path = reports_dir / paths.PRETRAIN_SAMPLES_MD.name
-    io.write_json(json_path, {"decoding": decoding(train_params), "samples": items})
-    io.write_text(md_path, inspection.samples_markdown(items, decoding(train_params),
-                                                       title="Samples after pretraining"))
-    return [json_path, md_path]

@@ -10,7 +10,10 @@ from tinygpt.pipeline import paths
 from tinygpt.pipeline.outputs.curves import write_curves
 from tinygpt.rlhf.frontier import FrontierTracker
 from tinygpt.rlhf.heldout import (CURVES, EvalTask, proxy_vs_gold_figure,
-                                  samples_markdown, samples_table)
+                                  policy_samples_markdown, samples_table)
+
+# Rows of reports/{rlhf,dpo}/samples.md: enough to see what changed, few enough to read on one screen.
+TABLE_SAMPLES = 8
 
 
 def write_outputs(history: list[dict], tracker: FrontierTracker, task: EvalTask) -> list[Path]:
@@ -28,5 +31,5 @@ def write_frontier_and_samples(tracker: FrontierTracker, task: EvalTask, frontie
     io.write_text(frontier_csv, tracker.table().to_csv(index=False, float_format="%.6g"))
     settings = task.heldout_params
     samples = samples_table(task.prompts["report"].cpu().numpy(), tracker.reference.sets["report"],
-                            tracker.selected.sets["report"], settings.samples_per_prompt, settings.table_samples)
-    io.write_text(samples_md, samples_markdown(samples, task.oracle, settings.seed))
+                            tracker.selected.sets["report"], settings.samples_per_prompt, TABLE_SAMPLES)
+    io.write_text(samples_md, policy_samples_markdown(samples, task.oracle, settings.seed))
