@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from tinygpt.core.errors import ParamsError
 from tinygpt.data.tokens import write_tokens
 from tinygpt.model.config import GPTConfig
-from tinygpt.model.shortlist import (ShortlistGPT, TrainVocabulary,
-                                     good_turing_unseen_mass)
-from tinygpt.pipeline.params import ParamsError, TrainParams
+from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary, good_turing_unseen_mass
+from tinygpt.train.config import TrainParams
 from tinygpt.train.loop import train
 
 CONFIG = GPTConfig(vocab_size=300, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
