@@ -18,7 +18,6 @@ import time
 
 def measure(keep: bool, steps: int) -> float:
     """Median tokens/s of `steps` compiled bf16 training steps after 3 warm-up steps (in this process)."""
-    import dataclasses
     import tempfile
     from pathlib import Path
 
@@ -34,10 +33,10 @@ def measure(keep: bool, steps: int) -> float:
 
     if keep:
         keep_freed_memory()
-    sections = load_named("model", "train")
-    config, p = sections.model, dataclasses.replace(sections.train, device="cpu")
+    sections = load_named("model", "train", "compute")
+    config, p = sections.model, sections.train
     device = torch.device("cpu")
-    precision = resolve_precision(p.precision, device)
+    precision = resolve_precision(sections.compute.precision, device)
     state = init_state(config, p, read_tokens(paths.TRAIN_BIN), device, precision)
     runner = compiled(state.model, p, device)
     scratch = CheckpointDir(Path(tempfile.mkdtemp()), {})

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_precision
 from tinygpt.data import tokenizer
 from tinygpt.data.corpus_tokens import TokenFiles, tokenize_corpus
@@ -112,31 +113,31 @@ class Phase:
     name: str
     config: GPTConfig
     train_params: TrainParams
+    compute: ComputeParams
     softmax_rows: int  # rows of the LM head the loop trains: the compact vocabulary, or all of it
 
 
 def pretrain_phase(sections: types.SimpleNamespace, split: Split, device: torch.device, tiny: bool) -> Phase:
-    """params.yaml's model and train sections, on `device`."""
+    """params.yaml's model, train and compute sections, on `device`."""
     config, p = sections.model, sections.train
     if tiny:
         config, p = dataclasses.replace(config, **TINY_MODEL), dataclasses.replace(p, **TINY_TRAIN)
-    p = dataclasses.replace(p, device=device.type)
     rows = config.vocab_size
     if p.shortlist_vocab:
         rows = TrainVocabulary.of(read_tokens(split.train), config.vocab_size).compact_size
-    return Phase("pretrain", config, p, rows)
+    return Phase("pretrain", config, p, ComputeParams(device.type, sections.compute.precision), rows)
 
 
 def gpt2_phase(sections: types.SimpleNamespace, device: torch.device, tiny: bool, steps: int, batch: int) -> Phase:
     """The `gpt2` preset with the full softmax, bf16 autocast and (except --tiny) torch.compile."""
     config = TINY_GPT2 if tiny else preset("gpt2")
     p = dataclasses.replace(
-        sections.train, device=device.type, precision="bf16", compile=not tiny, max_steps=steps,
-        batch_size=batch, grad_accum_steps=1, learning_rate=GPT2_LR, min_lr=GPT2_MIN_LR,
+        sections.train, compile=not tiny, max_steps=steps, batch_size=batch, grad_accum_steps=1,
+        learning_rate=GPT2_LR, min_lr=GPT2_MIN_LR,
         warmup_steps=min(sections.train.warmup_steps, steps // 5), shortlist_vocab=False, unseen_smoothing=0.0,
         eval_interval=steps, checkpoint_interval=steps,  # evaluate at the start and the end, save once
     )
-    return Phase("gpt2", config, p, config.vocab_size)
+    return Phase("gpt2", config, p, ComputeParams(device.type, "bf16"), config.vocab_size)
 
 
 def gpt2_batch(device: torch.device, asked: int, tiny: bool) -> int:
@@ -179,7 +180,8 @@ def run_phase(phase: Phase, split: Split, deadline: float, device: torch.device,
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f"gpu_check_{phase.name}_") as checkpoints:
         try:
-            train(phase.config, phase.train_params, split.train, split.val, Path(checkpoints), on_step=recorder)
+            train(phase.config, phase.train_params, split.train, split.val, Path(checkpoints), on_step=recorder,
+                  compute=phase.compute)
             status = "complete"
         except BudgetSpent:
             status = "stopped: budget spent"
@@ -214,7 +216,7 @@ def phase_report(phase: Phase, recorder: Recorder, status: str, wall_s: float, d
         "phase": phase.name, "status": status, "steps": len(steps), "max_steps": p.max_steps,
         "model": {**c.to_dict(), "softmax_rows": phase.softmax_rows},
         "batch_size": p.batch_size * p.grad_accum_steps, "seq_len": c.block_size, "optimizer": p.optimizer,
-        "precision": resolve_precision(p.precision, device), "compile": p.compile,
+        "precision": resolve_precision(phase.compute.precision, device), "compile": p.compile,
         "first_step_s": tokens_per_step / steps[0]["tokens_per_s"],
         "tokens_per_s": tokens_per_s,
         "flops_per_token": per_token,
@@ -303,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.version.cuda or 'none'})", file=sys.stderr)
         return NO_CUDA_EXIT
     started = time.monotonic()
-    sections = load_named("model", "train", "tokenize", "split")
+    sections = load_named("model", "train", "compute", "tokenize", "split")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = gpu_peak(name) if device.type == "cuda" else None
     print(device_line(device, name, peak))

@@ -64,7 +64,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     sections = load_named("model", "train")
-    config, p = sections.model, dataclasses.replace(sections.train, compile=args.compile, device="cpu")
+    config, p = sections.model, dataclasses.replace(sections.train, compile=args.compile)
     p = dataclasses.replace(p, max_steps=args.steps, warmup_steps=min(p.warmup_steps, args.steps))
     runs = run_lockstep(config, p, {"fp32": ("fp32", p.seed), "bf16": ("bf16", p.seed),
                                     "fp32 (other seed)": ("fp32", p.seed + 1000)},

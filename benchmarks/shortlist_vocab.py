@@ -33,12 +33,12 @@ from tinygpt.train.loop import compiled, init_state, pretrain_step
 
 def measure(shortlist: bool, steps: int) -> tuple[float, float]:
     """(median tokens/s, mean loss of the timed steps) of compiled training steps on CPU."""
-    sections = load_named("model", "train")
+    sections = load_named("model", "train", "compute")
     config = sections.model
-    p = dataclasses.replace(sections.train, device="cpu", shortlist_vocab=shortlist,
+    p = dataclasses.replace(sections.train, shortlist_vocab=shortlist,
                             unseen_smoothing=sections.train.unseen_smoothing if shortlist else 0.0)
     device = torch.device("cpu")
-    precision = resolve_precision(p.precision, device)
+    precision = resolve_precision(sections.compute.precision, device)
     state = init_state(config, p, read_tokens(paths.TRAIN_BIN), device, precision)
     runner = compiled(state.model, p, device)
     scratch = CheckpointDir(Path(tempfile.mkdtemp()), {})

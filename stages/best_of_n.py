@@ -9,6 +9,7 @@ import time
 import torch
 
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.model.weights import load_model
 from tinygpt.pipeline import params, paths, tracking
@@ -25,13 +26,15 @@ from tinygpt.rlhf.reward_model import load_reward_model
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections(best_of_n=BestOfNParams, heldout=HeldOutParams, preferences=PreferencesParams, tracking=TrackingParams)
+    p = params.load_sections(best_of_n=BestOfNParams, heldout=HeldOutParams, preferences=PreferencesParams,
+                             compute=ComputeParams, tracking=TrackingParams)
     bon, settings, preferences_params = p.best_of_n, p.heldout, p.preferences
-    flat = params.flatten({"best_of_n": bon, "heldout": settings, "preferences": preferences_params})
+    flat = params.flatten({"best_of_n": bon, "heldout": settings, "preferences": preferences_params,
+                           "compute": p.compute})
     with tracking.stage_run("best_of_n", flat, p.tracking) as run:
         run.log_dataset(paths.PREFERENCE_PROMPTS, "evaluation")
-        device = resolve_device(bon.device)
-        precision = resolve_precision(bon.precision, device)
+        device = resolve_device(p.compute.device)
+        precision = resolve_precision(p.compute.precision, device)
         reference = load_model(paths.PRETRAIN_DIR, device).eval()
         reward_model = load_reward_model(paths.REWARD_DIR, device).requires_grad_(False)
         oracle = Oracle(preferences_params.oracle, preferences_params.keyword)

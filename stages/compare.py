@@ -5,6 +5,7 @@ reports/compare/, plots/compare/."""
 import sys
 
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.data.tokens import read_tokens
 from tinygpt.eval.compare import UNAVAILABLE, run_compare, summary_lines
 from tinygpt.eval.config import CompareParams, EvalParams
@@ -17,14 +18,14 @@ from tinygpt.pipeline.params import TrackingParams
 
 
 def main() -> None:
-    p = params.load_sections(compare=CompareParams, eval=EvalParams, tracking=TrackingParams)
-    flat = params.flatten({"compare": p.compare, "eval": p.eval})
+    p = params.load_sections(compare=CompareParams, eval=EvalParams, compute=ComputeParams, tracking=TrackingParams)
+    flat = params.flatten({"compare": p.compare, "eval": p.eval, "compute": p.compute})
     with tracking.stage_run("compare", flat, p.tracking) as run:
         run.log_dataset(paths.VAL_BIN, "evaluation")
         model = weights.load_model(paths.PRETRAIN_DIR)
         split = io.read_json(paths.SPLIT_META)
         result = run_compare(model, p.compare, p.eval, read_tokens(paths.VAL_BIN), split["val"]["bytes"],
-                             paths.HF_DIR, progress=True)
+                             paths.HF_DIR, progress=True, compute=p.compute)
         status = result.pretrained
         run.set_tags({"pretrained_status": status.status, "pretrained": status.name,
                       "pretrained_reason": status.reason or "-"})

@@ -9,6 +9,7 @@ import time
 import torch
 
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
 from tinygpt.model.weights import load_model, save_model
@@ -29,17 +30,19 @@ from tinygpt.rlhf.reward_model import load_reward_model
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections(dpo=DpoParams, heldout=HeldOutParams, preferences=PreferencesParams, tracking=TrackingParams)
+    p = params.load_sections(dpo=DpoParams, heldout=HeldOutParams, preferences=PreferencesParams,
+                             compute=ComputeParams, tracking=TrackingParams)
     dpo_params, preferences_params = p.dpo, p.preferences
-    flat = params.flatten({"dpo": dpo_params, "heldout": p.heldout, "preferences": preferences_params})
+    flat = params.flatten({"dpo": dpo_params, "heldout": p.heldout, "preferences": preferences_params,
+                           "compute": p.compute})
     with tracking.stage_run("dpo", flat, p.tracking, system_metrics=True) as run:
         ranked = dpo_params.pairs == "reward_ranked"
         run.log_dataset(paths.PREFERENCE_PROMPTS if ranked else paths.PREFERENCE_PAIRS, "training")
         run.log_dataset(paths.PREFERENCE_PROMPTS, "evaluation")
         if dpo_params.ptx_coef > 0:
             run.log_dataset(paths.TRAIN_BIN, "training")  # DPO-ptx's language-model batches
-        device = resolve_device(dpo_params.device)
-        precision = resolve_precision(dpo_params.precision, device)
+        device = resolve_device(p.compute.device)
+        precision = resolve_precision(p.compute.precision, device)
         policy = load_model(paths.PRETRAIN_DIR, device)
         ref = frozen_copy(policy)
         task = EvalTask(

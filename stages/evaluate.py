@@ -2,6 +2,7 @@
 pretrained model. In: models/pretrain/, data/split/. Out: metrics/evaluate.json, plots/evaluate/,
 reports/evaluate/."""
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.data.tokens import read_tokens
 from tinygpt.eval.config import EvalParams
 from tinygpt.eval.evaluate import evaluate_model, summary_line
@@ -13,8 +14,8 @@ from tinygpt.pipeline.params import TrackingParams
 
 
 def main() -> None:
-    p = params.load_sections(eval=EvalParams, tracking=TrackingParams)
-    with tracking.stage_run("evaluate", params.flatten({"eval": p.eval}), p.tracking) as run:
+    p = params.load_sections(eval=EvalParams, compute=ComputeParams, tracking=TrackingParams)
+    with tracking.stage_run("evaluate", params.flatten({"eval": p.eval, "compute": p.compute}), p.tracking) as run:
         run.log_dataset(paths.TRAIN_BIN, "evaluation")
         run.log_dataset(paths.VAL_BIN, "evaluation")
         model = weights.load_model(paths.PRETRAIN_DIR)
@@ -24,7 +25,7 @@ def main() -> None:
             model, p.eval,
             val_tokens=read_tokens(paths.VAL_BIN), val_bytes=split["val"]["bytes"],
             train_tokens=read_tokens(paths.TRAIN_BIN), train_bytes=split["train"]["bytes"],
-            progress=True,
+            compute=p.compute, progress=True,
         )
         written = write_evaluation(result, paths.EVALUATE_PLOTS, paths.EVALUATE_REPORTS, title="pretrain")
         metrics = run.finish(result.metrics, artifacts=written)

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
 from tinygpt.model.weights import load_model
@@ -20,14 +21,14 @@ from tinygpt.rlhf.oracles import Oracle
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections(preferences=PreferencesParams, tracking=TrackingParams)
+    p = params.load_sections(preferences=PreferencesParams, compute=ComputeParams, tracking=TrackingParams)
     preferences_params = p.preferences
-    flat = params.flatten({"preferences": preferences_params})
+    flat = params.flatten({"preferences": preferences_params, "compute": p.compute})
     with tracking.stage_run("preferences", flat, p.tracking) as run:
         run.log_dataset(paths.TRAIN_BIN, "prompts")
         run.log_dataset(paths.VAL_BIN, "prompts")
-        device = resolve_device(preferences_params.device)
-        precision = resolve_precision(preferences_params.precision, device)
+        device = resolve_device(p.compute.device)
+        precision = resolve_precision(p.compute.precision, device)
         model = load_model(paths.PRETRAIN_DIR, device)
         prefs.check_fits(model.config, preferences_params)
         oracle = Oracle(preferences_params.oracle, preferences_params.keyword)

@@ -10,6 +10,7 @@ import time
 from types import SimpleNamespace
 
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.data.tokens import read_tokens
 from tinygpt.model import weights
 from tinygpt.model.config import GPTConfig
@@ -24,10 +25,10 @@ from tinygpt.train.loop import TrainResult, train
 
 def main() -> None:
     started = time.perf_counter()
-    p = params.load_sections(model=GPTConfig, train=TrainParams, tracking=TrackingParams)
+    p = params.load_sections(model=GPTConfig, train=TrainParams, compute=ComputeParams, tracking=TrackingParams)
     if distributed.needs_launch(p.train.nproc_per_node):
         sys.exit(distributed.launch("stages.pretrain", p.train.nproc_per_node))
-    with distributed.process_group(p.train.device) as world:
+    with distributed.process_group(p.compute.device) as world:
         if world.is_main:
             train_and_write(p, world, started)
         else:  # no MLflow run, no files: only its share of the training
@@ -36,11 +37,11 @@ def main() -> None:
 
 def run_training(p: SimpleNamespace, world: distributed.World, on_step=None) -> TrainResult:
     return train(p.model, p.train, paths.TRAIN_BIN, paths.VAL_BIN, paths.PRETRAIN_CACHE, on_step=on_step,
-                 code_version=codedeps.code_digest("tinygpt.train.loop"), world=world)
+                 code_version=codedeps.code_digest("tinygpt.train.loop"), world=world, compute=p.compute)
 
 
 def train_and_write(p: SimpleNamespace, world: distributed.World, started: float) -> None:
-    flat = params.flatten({"model": p.model, "train": p.train})
+    flat = params.flatten({"model": p.model, "train": p.train, "compute": p.compute})
     with tracking.stage_run("pretrain", flat, p.tracking, system_metrics=True) as run:
         run.log_dataset(paths.TRAIN_BIN, "training")
         run.log_dataset(paths.VAL_BIN, "validation")

@@ -6,6 +6,7 @@ import time
 import torch
 
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.model.weights import load_model
 from tinygpt.pipeline import params, paths, registry, tracking
@@ -19,13 +20,13 @@ from tinygpt.rlhf.preferences import load_pairs
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections(reward=RewardParams, tracking=TrackingParams)
+    p = params.load_sections(reward=RewardParams, compute=ComputeParams, tracking=TrackingParams)
     reward_params = p.reward
-    with tracking.stage_run("reward", params.flatten({"reward": reward_params}), p.tracking,
+    with tracking.stage_run("reward", params.flatten({"reward": reward_params, "compute": p.compute}), p.tracking,
                             system_metrics=True) as run:
         run.log_dataset(paths.PREFERENCE_PAIRS, "training")
-        device = resolve_device(reward_params.device)
-        precision = resolve_precision(reward_params.precision, device)
+        device = resolve_device(p.compute.device)
+        precision = resolve_precision(p.compute.precision, device)
         pairs = load_pairs(paths.PREFERENCE_PAIRS)
         train = rm.pair_tensors(pairs["train"], device)
         torch.manual_seed(reward_params.seed)

@@ -9,6 +9,7 @@ import time
 import torch
 
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
 from tinygpt.model.weights import load_model, save_model
@@ -27,14 +28,16 @@ from tinygpt.rlhf.reward_model import load_reward_model
 
 def main() -> None:
     start = time.perf_counter()
-    p = params.load_sections(rlhf=RlhfParams, heldout=HeldOutParams, preferences=PreferencesParams, tracking=TrackingParams)
+    p = params.load_sections(rlhf=RlhfParams, heldout=HeldOutParams, preferences=PreferencesParams,
+                             compute=ComputeParams, tracking=TrackingParams)
     rlhf_params, preferences_params = p.rlhf, p.preferences
-    flat = params.flatten({"rlhf": rlhf_params, "heldout": p.heldout, "preferences": preferences_params})
+    flat = params.flatten({"rlhf": rlhf_params, "heldout": p.heldout, "preferences": preferences_params,
+                           "compute": p.compute})
     with tracking.stage_run("rlhf", flat, p.tracking, system_metrics=True) as run:
         run.log_dataset(paths.PREFERENCE_PROMPTS, "training")
         run.log_dataset(paths.TRAIN_BIN, "training")  # PPO-ptx's language-model batches
-        device = resolve_device(rlhf_params.device)
-        precision = resolve_precision(rlhf_params.precision, device)
+        device = resolve_device(p.compute.device)
+        precision = resolve_precision(p.compute.precision, device)
         policy = PolicyWithValue(load_model(paths.PRETRAIN_DIR, device)).to(device)
         ref = frozen_copy(policy.gpt)
         task = EvalTask(

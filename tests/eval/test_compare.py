@@ -31,14 +31,14 @@ TEXT = (
 def write_params(pretrained: str, **compare_overrides) -> None:
     sections = {
         "tracking": {"experiment": "compare-test"},
+        "compute": {"device": "cpu", "precision": "fp32"},
         "eval": {
             "stride": 16, "batch_size": 8, "calibration_bins": 10,
             "prompts": ["ROMEO:"], "inspect_top_k": 3, "sample_max_new_tokens": 4,
-            "device": "cpu", "precision": "fp32",
         },
         "compare": {
             "pretrained": pretrained, "fidelity_tokens": 400,
-            "speed_batch_size": 2, "speed_precision": "fp32",
+            "speed_batch_size": 2,
             **compare_overrides,
         },
     }

@@ -11,6 +11,7 @@ import yaml
 
 from stages import evaluate as evaluate_stage
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.errors import ParamsError
 from tinygpt.data import tokenizer
 from tinygpt.data.tokens import write_tokens
@@ -32,8 +33,8 @@ TEXT = (
     "ROMEO:\nIs the day so young?\n\nBENVOLIO:\nBut new struck nine.\n\n"
 )
 SMALL = dict(stride=16, batch_size=8, train_tokens=300, train_segments=3, calibration_bins=10,
-             prompts=["To be or not to", "ROMEO:"], inspect_top_k=5, sample_max_new_tokens=6,
-             device="cpu", precision="fp32")
+             prompts=["To be or not to", "ROMEO:"], inspect_top_k=5, sample_max_new_tokens=6)
+CPU_FP32 = ComputeParams(device="cpu", precision="fp32")
 
 
 def tiny_gpt(seed=0, block_size=32, n_embd=16) -> GPT:
@@ -76,7 +77,7 @@ def splits():
 def overconfident(splits):
     """The copy model made so sharp that its confidence is ~1 while it is right 75% of the time."""
     val, val_bytes, train, train_bytes = splits
-    return evaluate_model(copy_model(40.0), EvalParams(**SMALL), val, val_bytes, train, train_bytes)
+    return evaluate_model(copy_model(40.0), EvalParams(**SMALL), val, val_bytes, train, train_bytes, compute=CPU_FP32)
 
 
 def test_metrics_relations(overconfident, splits):
@@ -170,9 +171,8 @@ def test_write_evaluation(overconfident, tmp_path):
 def test_bad_params_name_the_key():
     for values, key in [({"stride": 0}, "eval.stride"), ({"context": 8, "stride": 9}, "eval.stride"),
                         ({"calibration_bins": 0}, "eval.calibration_bins"), ({"sample_top_p": 1.5}, "eval.sample_top_p"),
-                        ({"device": "tpu"}, "eval.device"), ({"prompts": []}, "eval.prompts"),
-                        ({"prompts": ["ok", ""]}, r"eval.prompts\[1\]"), ({"train_tokens": -1}, "eval.train_tokens"),
-                        ({"bins": 10}, "eval.bins")]:
+                        ({"prompts": []}, "eval.prompts"), ({"prompts": ["ok", ""]}, r"eval.prompts\[1\]"),
+                        ({"train_tokens": -1}, "eval.train_tokens"), ({"bins": 10}, "eval.bins")]:
         with pytest.raises(ParamsError, match=key):
             params.build_section("eval", SECTIONS["eval"], values)
     model = tiny_gpt(block_size=32)
@@ -189,6 +189,7 @@ def test_bad_params_name_the_key():
 def make_project(root, splits, eval_values):
     val, val_bytes, train, train_bytes = splits
     io.write_text(root / params.PARAMS_FILE, yaml.safe_dump({"tracking": {"experiment": "evaluate-test"},
+                                                             "compute": {"device": "cpu", "precision": "fp32"},
                                                              "eval": eval_values}))
     write_tokens(root / paths.VAL_BIN, val)
     write_tokens(root / paths.TRAIN_BIN, train)

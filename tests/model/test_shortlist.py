@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.errors import ParamsError
 from tinygpt.data.tokens import write_tokens
 from tinygpt.model.config import GPTConfig
@@ -104,10 +105,11 @@ def test_training_with_the_shortlist_matches_full_vocabulary_training_in_loss(tm
     write_tokens(val_path, np.tile(cycle, 2))
     config = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
     p = TrainParams(max_steps=100, batch_size=8, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=50,
-                    eval_batches=2, checkpoint_interval=100, device="cpu", precision="fp32", compile=False,
-                    optimizer="adamw", weight_decay=0.1, unseen_smoothing=0.0, input_noise=0.0)
-    short = train(config, p, train_path, val_path, tmp_path / "a")
-    full = train(config, dataclasses.replace(p, shortlist_vocab=False), train_path, val_path, tmp_path / "b")
+                    eval_batches=2, checkpoint_interval=100, compile=False, optimizer="adamw", weight_decay=0.1,
+                    unseen_smoothing=0.0, input_noise=0.0)
+    cpu = ComputeParams(device="cpu", precision="fp32")
+    short = train(config, p, train_path, val_path, tmp_path / "a", compute=cpu)
+    full = train(config, dataclasses.replace(p, shortlist_vocab=False), train_path, val_path, tmp_path / "b", compute=cpu)
     assert short.evals[0]["val_loss"] == pytest.approx(math.log(64), abs=0.1)
     assert short.evals[-1]["val_loss"] < 0.1 and full.evals[-1]["val_loss"] < 0.1
     unused = sorted(set(range(64)) - set(cycle.tolist()))

@@ -191,7 +191,7 @@ CASES = [
     Case("fraction above one", ("split.val_fraction", "allowed"), params={"split": {"val_fraction": 1.5}}),
     Case("text for a list", ("eval.prompts", "must be a list"), params={"eval": {"prompts": "ROMEO:"}}),
     Case("choice not offered", ("train.optimizer", "muon"), params={"train": {"optimizer": "sgd"}}),
-    Case("unknown device", ("train.device", "cpu"), params={"train": {"device": "tpu"}}),
+    Case("unknown device", ("compute.device", "cpu"), params={"compute": {"device": "tpu"}}),
     Case("keys that disagree", ("model.n_embd", "n_head"), params={"model": {"n_head": 3}}),
     Case("min_lr above the learning rate", ("train.min_lr",), params={"train": {"min_lr": 0.5}}),
     Case("not YAML", ("params.yaml", "line 1"), raw_params="train: [unclosed\n", by_dvc=True),

@@ -1,5 +1,6 @@
 """The pipeline's models as MLflow models: logged, registered, loaded back by URI, and served over HTTP."""
 import json
+import logging
 import os
 import signal
 import socket
@@ -104,6 +105,35 @@ def test_the_hugging_face_export_is_a_transformers_model(mlflow_uri, tmp_path, m
     text = mlflow.pyfunc.load_model(uri).predict(["ROMEO:"], params={"max_new_tokens": 5, "do_sample": False})
     assert isinstance(text[0], str) and text[0]
     assert (model_uri.local_model_dir(uri) / "config.json").exists()
+
+
+def test_offline_the_hugging_face_export_logs_without_hub_requests(mlflow_uri, tmp_path, monkeypatch, caplog):
+    """No network (the Hub's endpoint a closed loopback port): logging the export asks the Hub nothing that
+    waits, so nothing retries (before: about 50 s of retries and their warnings) and no warning reaches the
+    log; the offline switch is restored afterwards."""
+    import huggingface_hub.constants
+    import mlflow
+
+    from tinygpt.model.hf import export_hf_dir
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: a connection is refused at once
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    export_hf_dir(tiny_model(), tmp_path / "hf")
+    offline_before = huggingface_hub.constants.HF_HUB_OFFLINE
+    with caplog.at_level(logging.WARNING), tracking.stage_run("compare", {}, TrackingParams("exp")):
+        registry.log_hf_model(tmp_path / "hf", "exp-hf")
+    assert huggingface_hub.constants.HF_HUB_OFFLINE == offline_before
+    hub_warnings = [f"{r.name}: {r.getMessage()}" for r in caplog.records
+                    if r.name.startswith(("huggingface_hub", "mlflow.transformers", "transformers"))]
+    assert not hub_warnings, hub_warnings
+    local = model_uri.local_model_dir(registry.model_uri("exp-hf"))
+    assert "tinygpt" in (local.parent / "model_card.md").read_text()
+    assert "transformers" in mlflow.models.get_model_info(registry.model_uri("exp-hf")).flavors
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ import time
 import pytest
 from support import dvc, set_params
 
+from tinygpt.core.compute import ComputeParams
 from tinygpt.model.config import GPTConfig
 from tinygpt.train.config import TrainParams
 from tinygpt.train.checkpoint import key_material, run_key
@@ -25,6 +26,18 @@ def test_the_key_changes_with_the_code_version(tmp_path):
     config, p = GPTConfig(), TrainParams()
     assert run_key(key_material(config, p, [tokens], "code-a")) == run_key(key_material(config, p, [tokens], "code-a"))
     assert run_key(key_material(config, p, [tokens], "code-a")) != run_key(key_material(config, p, [tokens], "code-b"))
+
+
+def test_the_key_changes_with_the_device_and_precision(tmp_path):
+    """The precision decides the weights: a checkpoint written at another device or precision is never resumed."""
+    tokens = tmp_path / "train.bin"
+    tokens.write_bytes(b"\0\1" * 8)
+    config, p = GPTConfig(), TrainParams()
+    auto = key_material(config, p, [tokens])
+    assert auto["compute"] == {"device": "auto", "precision": "auto"}
+    keys = {run_key(key_material(config, p, [tokens], compute=ComputeParams(device, precision)))
+            for device in ("cpu", "cuda") for precision in ("fp32", "bf16")}
+    assert len(keys) == 4 and run_key(auto) not in keys
 
 
 def test_nproc_per_node_joins_the_key_only_above_one(tmp_path):

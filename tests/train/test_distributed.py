@@ -17,6 +17,7 @@ import pytest
 import torch
 import yaml
 
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.errors import TinyGptError
 from tinygpt.data import tokenizer
 from tinygpt.data.tokens import write_tokens
@@ -32,7 +33,8 @@ TINY = GPTConfig(vocab_size=96, block_size=16, n_layer=2, n_head=2, n_embd=32, d
 # The pipeline's recipe (Muon, input noise, the shortlist and its smoothing) on a tiny model, two micro-batches
 # per step (so one gradient average of the two is skipped), one thread per process on the two cores.
 RECIPE = TrainParams(max_steps=10, batch_size=8, grad_accum_steps=2, warmup_steps=2, eval_interval=5, eval_batches=2,
-                     checkpoint_interval=5, device="cpu", precision="fp32", compile=False, threads=1)
+                     checkpoint_interval=5, compile=False, threads=1)
+CPU_FP32 = ComputeParams(device="cpu", precision="fp32")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,8 @@ def torchrun(args: list[str], nproc: int = 2, cwd: Path | None = None, env: dict
 
 def train_in_two_processes(tmp_path: Path, corpus, p: TrainParams, checkpoint_root: Path,
                            crash_at: int | None = None) -> subprocess.CompletedProcess:
-    spec = {"model": TINY.to_dict(), "train": dataclasses.asdict(p), "train_path": str(corpus[0]),
+    spec = {"model": TINY.to_dict(), "train": dataclasses.asdict(p), "compute": dataclasses.asdict(CPU_FP32),
+            "train_path": str(corpus[0]),
             "val_path": str(corpus[1]), "checkpoint_root": str(checkpoint_root), "out": str(tmp_path / "ranks.pt"),
             "crash_at": crash_at}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
@@ -95,7 +98,7 @@ def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> floa
 
 
 def test_two_processes_with_half_the_batch_take_the_steps_of_one(two_processes, corpus, tmp_path):
-    one = train(TINY, RECIPE, corpus[0], corpus[1], tmp_path / "ckpt")
+    one = train(TINY, RECIPE, corpus[0], corpus[1], tmp_path / "ckpt", compute=CPU_FP32)
     two = two_processes
     ranks = two["weights"]
     assert len(ranks) == 2 and max_abs_diff(ranks[0], ranks[1]) == 0.0  # the same update on every process
@@ -132,10 +135,10 @@ def test_a_checkpoint_resumes_only_with_as_many_processes(two_processes, corpus,
     p = dataclasses.replace(RECIPE, nproc_per_node=2)
     with pytest.raises(TinyGptError, match=r"written by a run of 2 training process\(es\), and this run has 1; "
                                            r"rerun with the same train.nproc_per_node .* or delete .*ckpt/"):
-        train(TINY, p, corpus[0], corpus[1], two_processes["checkpoint_root"])
+        train(TINY, p, corpus[0], corpus[1], two_processes["checkpoint_root"], compute=CPU_FP32)
 
     # One process's checkpoint, met by two: both refuse it (rank 0 reads it and sends the error), none hangs.
-    train(TINY, RECIPE, corpus[0], corpus[1], tmp_path / "ckpt")
+    train(TINY, RECIPE, corpus[0], corpus[1], tmp_path / "ckpt", compute=CPU_FP32)
     done = train_in_two_processes(tmp_path, corpus, RECIPE, tmp_path / "ckpt")
     assert done.returncode != 0
     assert "written by a run of 1 training process(es), and this run has 2" in done.stderr, done.stderr[-3000:]
@@ -148,7 +151,7 @@ def test_a_batch_that_does_not_split_over_the_processes_is_refused(corpus, tmp_p
     world = distributed.World(rank=0, world_size=3, local_rank=0, local_world_size=1)
     with pytest.raises(TinyGptError, match=r"train.batch_size = 8 does not split evenly over 3 processes.*"
                                            r"train.nproc_per_node"):
-        train(TINY, RECIPE, corpus[0], corpus[1], tmp_path / "ckpt", world=world)
+        train(TINY, RECIPE, corpus[0], corpus[1], tmp_path / "ckpt", world=world, compute=CPU_FP32)
     assert not (tmp_path / "ckpt").exists()
 
 
@@ -160,8 +163,8 @@ def test_only_rank_0_writes(tmp_path, shakespeare_path):
         "tracking": {"experiment": "test-ddp"},
         "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 16},
         "train": {"max_steps": 4, "batch_size": 4, "warmup_steps": 1, "eval_interval": 2, "eval_batches": 1,
-                  "checkpoint_interval": 2, "device": "cpu", "precision": "fp32", "compile": False, "threads": 1,
-                  "nproc_per_node": 2},
+                  "checkpoint_interval": 2, "compile": False, "threads": 1, "nproc_per_node": 2},
+        "compute": {"device": "cpu", "precision": "fp32"},
     }
     for rank in (0, 1):
         project = tmp_path / f"rank{rank}"

@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from tinygpt.core.compute import ComputeParams
 from tinygpt.model.config import GPTConfig
 from tinygpt.train.config import TrainParams
 from tinygpt.train.flops import GpuPeak
@@ -85,7 +86,7 @@ def load_script(repo_root, monkeypatch):
 def test_report_leaves_out_the_warm_up_steps_and_divides_by_the_peak(repo_root, monkeypatch):
     check = load_script(repo_root, monkeypatch)
     config = GPTConfig(vocab_size=10, block_size=4, n_layer=1, n_head=2, n_embd=4)  # 1,944 FLOPs a token
-    phase = check.Phase("pretrain", config, TrainParams(max_steps=30, batch_size=2, device="cpu"), softmax_rows=10)
+    phase = check.Phase("pretrain", config, TrainParams(max_steps=30, batch_size=2), ComputeParams("cpu"), softmax_rows=10)
     recorder = check.Recorder(deadline=float("inf"), max_steps=30)
     for step in range(1, 31):  # ten slow steps (compiling), then 1,000 ... 20,000 tokens/s
         recorder(step, {"loss": 1.0, "tokens_per_s": 4.0 if step <= 10 else 1000.0 * (step - 10)})

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from support import Interrupted, crash_at, declared_paths
 
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.errors import ParamsError
 from tinygpt.data import tokenizer
 from tinygpt.data.tokens import write_tokens
@@ -25,10 +26,10 @@ TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, d
 # A tiny, fast recipe, not the pipeline's (TrainParams() is params.yaml's): eager AdamW with light decay, no
 # label smoothing, no input noise.
 FAST = TrainParams(max_steps=20, batch_size=8, learning_rate=1e-2, min_lr=1e-3, warmup_steps=5, eval_interval=10,
-                   eval_batches=2, checkpoint_interval=5, device="cpu", precision="fp32",
-                   compile=False, optimizer="adamw", weight_decay=0.1, muon_weight_decay=0.1,
-                   unseen_smoothing=0.0, input_noise=0.0)
+                   eval_batches=2, checkpoint_interval=5, compile=False, optimizer="adamw", weight_decay=0.1,
+                   muon_weight_decay=0.1, unseen_smoothing=0.0, input_noise=0.0)
 MUON = dataclasses.replace(FAST, optimizer="muon", muon_weight_decay=0.3)
+CPU_FP32 = ComputeParams(device="cpu", precision="fp32")
 
 
 @pytest.fixture(autouse=True)
@@ -52,8 +53,8 @@ def corpus(tmp_path):
     return train_path, val_path
 
 
-def run(corpus, root, p=FAST, config=TINY, **kwargs):
-    return train(config, p, corpus[0], corpus[1], root, **kwargs)
+def run(corpus, root, p=FAST, config=TINY, compute=CPU_FP32, **kwargs):
+    return train(config, p, corpus[0], corpus[1], root, compute=compute, **kwargs)
 
 
 def weights(result) -> dict[str, torch.Tensor]:
@@ -225,8 +226,8 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
         "model": {"vocab_size": 50257, "block_size": 32, "n_layer": 1, "n_head": 2, "n_embd": 16},
         "train": {"max_steps": 6, "batch_size": 4, "learning_rate": 1e-3, "min_lr": 1e-4, "warmup_steps": 2,
                   "weight_decay": 0.1, "optimizer": "adamw", "unseen_smoothing": 0.0, "input_noise": 0.0,
-                  "eval_interval": 3, "eval_batches": 1, "checkpoint_interval": 3, "device": "cpu",
-                  "precision": "fp32", "compile": False},
+                  "eval_interval": 3, "eval_batches": 1, "checkpoint_interval": 3, "compile": False},
+        "compute": {"device": "cpu", "precision": "fp32"},
     }
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)

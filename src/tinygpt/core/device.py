@@ -5,10 +5,8 @@ import contextlib
 
 import torch
 
+from tinygpt.core.checks import DEVICES, PRECISIONS
 from tinygpt.core.errors import TinyGptError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_device(name: str = "auto") -> torch.device:

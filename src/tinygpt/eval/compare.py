@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from transformers import GPT2LMHeadModel
 
 from tinygpt.core import figures
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.eval.config import CompareParams, EvalParams
 from tinygpt.eval.evaluate import (EvaluationResult, evaluate_model,
@@ -166,10 +167,12 @@ def speed_settings(compare_params: CompareParams, ours: GPT) -> SpeedSettings:
 
 
 def run_compare(ours: GPT, compare_params: CompareParams, eval_params: EvalParams, val_tokens: np.ndarray,
-                val_bytes: int, hf_dir: Path, progress: bool = False) -> CompareResult:
-    """Export `ours` to `hf_dir`, then (a) fidelity, (b) both models through evaluate_model, (c) speed."""
-    device = resolve_device(eval_params.device)
-    speed_precision = resolve_precision(compare_params.speed_precision, device)
+                val_bytes: int, hf_dir: Path, progress: bool = False,
+                compute: ComputeParams = ComputeParams()) -> CompareResult:
+    """Export `ours` to `hf_dir`, then (a) fidelity, (b) both models through evaluate_model, (c) speed; all
+    on compute.device, (b) and (c) at compute.precision ((a) in fp32)."""
+    device = resolve_device(compute.device)
+    precision = resolve_precision(compute.precision, device)
     pretrained = find_pretrained(compare_params)  # first: with compare.require_pretrained a miss fails before any work
     export_hf_dir(ours, hf_dir)
     # Read the export back from disk, so the fidelity check covers the files users will load.
@@ -179,9 +182,9 @@ def run_compare(ours: GPT, compare_params: CompareParams, eval_params: EvalParam
 
     reports = [ModelReport(
         OURS, "tinygpt (trained here)",
-        evaluate_model(ours, eval_params, val_tokens, val_bytes, device=device, progress=progress),
+        evaluate_model(ours, eval_params, val_tokens, val_bytes, compute=compute, progress=progress),
         ours.param_counts().total,
-        compare_speed(ours, hf_ours, speed_settings(compare_params, ours), device, speed_precision),
+        compare_speed(ours, hf_ours, speed_settings(compare_params, ours), device, precision),
     )]
     if pretrained.hf_model is not None:
         gpt2 = gpt_from_hf(pretrained.hf_model)
@@ -189,11 +192,10 @@ def run_compare(ours: GPT, compare_params: CompareParams, eval_params: EvalParam
         params_gpt2 = pretrained_eval_params(eval_params, window_shape(ours, eval_params)[0], gpt2, compare_params)
         speed = None
         if compare_params.speed_pretrained:
-            speed = compare_speed(gpt2, pretrained.hf_model, speed_settings(compare_params, ours), device,
-                                  speed_precision)
+            speed = compare_speed(gpt2, pretrained.hf_model, speed_settings(compare_params, ours), device, precision)
         reports.append(ModelReport(
             PRETRAINED, f"{compare_params.pretrained} (pretrained)",
-            evaluate_model(gpt2, params_gpt2, val_tokens, val_bytes, device=device, progress=progress),
+            evaluate_model(gpt2, params_gpt2, val_tokens, val_bytes, compute=compute, progress=progress),
             gpt2.param_counts().total,
             speed,
         ))

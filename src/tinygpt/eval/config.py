@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative, one_of,
-                                 positive, require)
+from tinygpt.core.checks import non_negative, positive, require
 
 DEFAULT_PROMPTS = ["To be or not to", "ROMEO:", "First Citizen:\nBefore we proceed any further, hear me speak."]
 
@@ -29,8 +28,6 @@ class EvalParams:
     sample_top_k: int | None = 200
     sample_top_p: float | None = None
     sample_seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
 
     def validate(self) -> None:
         non_negative("eval.context", self.context)
@@ -49,8 +46,6 @@ class EvalParams:
             positive("eval.sample_top_k", self.sample_top_k)
         if self.sample_top_p is not None:
             require(0 < self.sample_top_p <= 1, "eval.sample_top_p", "null or a number in (0, 1]", self.sample_top_p)
-        one_of("eval.device", self.device, DEVICES)
-        one_of("eval.precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -66,7 +61,6 @@ class CompareParams:
     speed_batch_size: int = 8
     speed_seq_len: int = 0
     speed_pretrained: bool = True
-    speed_precision: str = "auto"
 
     def validate(self) -> None:
         require(bool(self.pretrained.strip()), "compare.pretrained", "a hub id or a local directory", self.pretrained)
@@ -74,4 +68,3 @@ class CompareParams:
             non_negative(f"compare.{key}", getattr(self, key))
         positive("compare.speed_batch_size", self.speed_batch_size)
         require(self.fidelity_tokens != 1, "compare.fidelity_tokens", "0 (all) or at least 2 tokens", 1)
-        one_of("compare.speed_precision", self.speed_precision, PRECISIONS)

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-import torch
 
 from tinygpt.core import figures
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.core.errors import ParamsError
 from tinygpt.data import tokenizer
@@ -96,16 +96,16 @@ def evaluate_model(
     val_bytes: int,
     train_tokens: np.ndarray | None = None,
     train_bytes: int | None = None,
-    device: str | torch.device | None = None,
+    compute: ComputeParams = ComputeParams(),
     progress: bool = False,
 ) -> EvaluationResult:
-    """Every number of the evaluate stage for `model` (moved to `device`, default eval.device).
+    """Every number of the evaluate stage for `model` (moved to compute.device, run at compute.precision).
 
     `val_bytes`/`train_bytes` are the UTF-8 sizes of the whole splits; when eval.train_tokens samples
     the train split, the sample's bytes are counted from its GPT-2 tokens instead.
     """
-    device = resolve_device(eval_params.device) if device is None else torch.device(device)
-    precision = resolve_precision(eval_params.precision, device)
+    device = resolve_device(compute.device)
+    precision = resolve_precision(compute.precision, device)
     model.to(device)
     context, stride = window_shape(model, eval_params)
     score = functools.partial(split_nll, model, context=context, stride=stride, batch_size=eval_params.batch_size,

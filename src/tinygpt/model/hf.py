@@ -17,7 +17,9 @@ import os
 import shutil
 import socket
 import urllib.parse
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
@@ -213,6 +215,22 @@ def hub_reachable(timeout_s: float = 3.0) -> str | None:
         return None
     except OSError as err:
         return f"cannot reach {url.hostname}:{port} ({err})"
+
+
+@contextmanager
+def offline_unless_reachable() -> Iterator[str | None]:
+    """Inside, Hugging Face Hub requests fail at once (huggingface_hub's offline mode) when the Hub cannot
+    be reached, instead of each retrying for about 30 s; with a network nothing changes. Yields why the Hub
+    is unreachable, or None."""
+    import huggingface_hub.constants
+
+    unreachable = None if hub_offline() else hub_reachable()
+    saved = huggingface_hub.constants.HF_HUB_OFFLINE
+    huggingface_hub.constants.HF_HUB_OFFLINE = saved or unreachable is not None
+    try:
+        yield unreachable
+    finally:
+        huggingface_hub.constants.HF_HUB_OFFLINE = saved
 
 
 def looks_like_path(name: str) -> bool:

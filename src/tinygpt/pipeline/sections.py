@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tinygpt.core.compute import ComputeParams
 from tinygpt.data.config import DataParams, SplitParams, TokenizeParams
 from tinygpt.eval.config import CompareParams, EvalParams
 from tinygpt.model.config import GPTConfig
@@ -17,6 +18,7 @@ from tinygpt.train.config import TrainParams
 # Section name in params.yaml -> its dataclass, in the file's order.
 SECTIONS: dict[str, type] = {
     "tracking": TrackingParams,
+    "compute": ComputeParams,
     "data": DataParams,
     "tokenize": TokenizeParams,
     "split": SplitParams,

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative, one_of,
-                                 positive, require, unit_interval)
+from tinygpt.core.checks import non_negative, one_of, positive, require, unit_interval
 
 
 @dataclass
@@ -27,8 +26,6 @@ class PreferencesParams:
     temperature: float = 1.0
     batch_size: int = 64
     seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
 
     def validate(self) -> None:
         one_of("preferences.oracle", self.oracle, ("sentiment", "brevity", "keyword"))
@@ -43,8 +40,6 @@ class PreferencesParams:
                 self.selection_prompts)
         require(self.samples_per_prompt >= 2, "preferences.samples_per_prompt", "an integer >= 2", self.samples_per_prompt)
         positive("preferences.temperature", self.temperature)
-        one_of("preferences.device", self.device, DEVICES)
-        one_of("preferences.precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -59,16 +54,12 @@ class RewardParams:
     warmup_steps: int = 10
     grad_clip: float = 1.0
     seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
 
     def validate(self) -> None:
         for key in ("learning_rate", "epochs", "batch_size", "grad_clip"):
             positive(f"reward.{key}", getattr(self, key))
         non_negative("reward.weight_decay", self.weight_decay)
         non_negative("reward.warmup_steps", self.warmup_steps)
-        one_of("reward.device", self.device, DEVICES)
-        one_of("reward.precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -95,8 +86,6 @@ class BestOfNParams:
     max_n: int = 64  # samples per held-out prompt; the curve has n = 1, 2, 4, ..., max_n
     # soft best-of-max_n (the tilt pi_ref * exp(r / beta) on the same samples) at these KL coefficients
     soft_betas: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.3, 0.2, 0.15, 0.1])
-    device: str = "auto"
-    precision: str = "auto"
 
     def validate(self) -> None:
         require(self.max_n >= 2 and self.max_n & (self.max_n - 1) == 0, "best_of_n.max_n",
@@ -106,8 +95,6 @@ class BestOfNParams:
         for i, beta in enumerate(self.soft_betas):
             require(isinstance(beta, (int, float)) and not isinstance(beta, bool) and beta > 0,
                     f"best_of_n.soft_betas[{i}]", "a number > 0", beta)
-        one_of("best_of_n.device", self.device, DEVICES)
-        one_of("best_of_n.precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -138,8 +125,6 @@ class RlhfParams:
     grad_clip: float = 1.0
     eval_interval: int = 20
     seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
 
     def validate(self) -> None:
         for key in ("steps", "batch_size", "minibatch_size", "ppo_epochs", "temperature", "learning_rate",
@@ -162,8 +147,6 @@ class RlhfParams:
             unit_interval(f"rlhf.{key}", getattr(self, key))
         for key in ("cliprange", "cliprange_value"):
             positive(f"rlhf.{key}", getattr(self, key))
-        one_of("rlhf.device", self.device, DEVICES)
-        one_of("rlhf.precision", self.precision, PRECISIONS)
 
 
 @dataclass
@@ -188,8 +171,6 @@ class DpoParams:
     logit_bias_lr: float = 1e-2  # learning rate of a per-token logit bias the policy gains (GPT.add_logit_bias); 0 = none
     eval_interval: int = 96  # steps between held-out evaluations; 0 = only at the start and the end
     seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
 
     def validate(self) -> None:
         for key in ("beta", "learning_rate", "epochs", "batch_size", "grad_clip"):
@@ -203,5 +184,3 @@ class DpoParams:
         require(1 <= self.ranked_pairs <= self.ranked_samples // 2, "dpo.ranked_pairs",
                 f"an integer from 1 to dpo.ranked_samples / 2 = {self.ranked_samples // 2} (no sample in two pairs)",
                 self.ranked_pairs)
-        one_of("dpo.device", self.device, DEVICES)
-        one_of("dpo.precision", self.precision, PRECISIONS)

@@ -61,10 +61,8 @@ def finetuning_optimizer(weights: list[torch.nn.Parameter], learning_rate: float
     """Adam over `weights` at `learning_rate` and, with `logit_bias_lr` > 0, over a per-token logit bias
     added to `gpt` (GPT.add_logit_bias) at that rate, in a group of its own (PPO's and DPO's optimizer).
 
-    The LM head is tied to a 128-wide embedding: the blocks can raise one word's logit only by moving the
-    hidden state toward its row, which raises every word near it. The bias raises that word alone, in every
-    context, which is the shape of a reward for words (VADER's lexicon). A logit moves by about the
-    learning rate per Adam step and a word's tilt is ~1 nat, so it needs ~500x the blocks' rate.
+    Why a bias: GPT.add_logit_bias. Its rate is its own because a logit moves by about the learning rate
+    per Adam step, and a word's tilt is about a nat.
     """
     bias = gpt.lm_head.bias
     if bias is not None:  # a model that has one already trains it only at logit_bias_lr

@@ -2,8 +2,8 @@
 
 DVC deletes a stage's outputs before it reruns the stage, so checkpoints kept under models/ would be
 gone exactly when they are needed. They live in `.cache/pretrain/<key>/` instead, where the key hashes
-everything that decides the weights (model and training params, the token files, the torch version and
-the stage's code); a rerun with the same key resumes, any change starts afresh in another directory.
+everything that decides the weights (model and training params, device and precision, the token files,
+the torch version and the stage's code); a rerun with the same key resumes, any change starts afresh in another directory.
 A checkpoint also records how many processes wrote it, and resumes only with as many.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from tinygpt.core import io
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.errors import TinyGptError
 from tinygpt.model.config import GPTConfig
 from tinygpt.train.config import TrainParams
@@ -36,14 +37,15 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def key_material(config: GPTConfig, train_params: TrainParams, data_files: list[Path],
-                 code_version: str = "") -> dict[str, Any]:
+def key_material(config: GPTConfig, train_params: TrainParams, data_files: list[Path], code_version: str = "",
+                 compute: ComputeParams = ComputeParams()) -> dict[str, Any]:
     train = {k: v for k, v in dataclasses.asdict(train_params).items() if k not in REPORT_ONLY_KEYS}
     if train["nproc_per_node"] == 1:  # only above 1: single-process runs keep the keys they have without it
         del train["nproc_per_node"]
     return {
         "model": config.to_dict(),
         "train": train,
+        "compute": dataclasses.asdict(compute),  # the precision decides the weights
         "data": {Path(f).name: file_digest(f) for f in data_files},
         "torch": torch.__version__,  # kernels may change numerics between versions
         # A hash of the stage's code (tinygpt.pipeline.codedeps): edited code must not resume an old run's state.

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tinygpt.core.checks import (DEVICES, PRECISIONS, non_negative,
-                                 one_of, positive, require)
+from tinygpt.core.checks import non_negative, one_of, positive, require
 
 
 @dataclass
@@ -33,8 +32,6 @@ class TrainParams:
     eval_batches: int = 4
     checkpoint_interval: int = 350
     seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
     compile: bool = True
     threads: int = 0
     nproc_per_node: int = 1
@@ -62,6 +59,4 @@ class TrainParams:
                 "0 unless train.shortlist_vocab is true (the smoothing targets the shared unseen row)",
                 self.unseen_smoothing)
         require(0 <= self.input_noise < 1, "train.input_noise", "a number in [0, 1)", self.input_noise)
-        one_of("train.device", self.device, DEVICES)
-        one_of("train.precision", self.precision, PRECISIONS)
         non_negative("train.threads", self.threads)

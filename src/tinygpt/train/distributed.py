@@ -167,8 +167,8 @@ def process_group(device_name: str) -> Iterator[World]:
                                "(or torchrun's --nproc-per-node) to the number of GPUs")
         torch.cuda.set_device(world.local_rank)
     elif device.type != "cpu":
-        raise TinyGptError(f"train.device = {device_name!r} resolves to {device.type}, which data-parallel "
-                           "training does not support; set train.device: cpu or cuda")
+        raise TinyGptError(f"compute.device = {device_name!r} resolves to {device.type}, which data-parallel "
+                           "training does not support; set compute.device: cpu or cuda")
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     try:
         yield world

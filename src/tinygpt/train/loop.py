@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import autocast, resolve_device, resolve_precision
 from tinygpt.core.errors import TinyGptError
 from tinygpt.core.modes import eval_mode
@@ -260,22 +261,24 @@ class Session:
 
 
 def start(config: GPTConfig, train_params: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
-          on_step: StepCallback | None, code_version: str, world: World = SINGLE) -> tuple[TrainState, Session]:
+          on_step: StepCallback | None, code_version: str, world: World = SINGLE,
+          compute: ComputeParams = ComputeParams()) -> tuple[TrainState, Session]:
     """A fresh state, or the checkpointed one of this configuration (read by rank 0, sent to every
     process), and the session around it."""
     config.validate()
     train_params.validate()
+    compute.validate()
     world.check_batch(train_params.batch_size)
     # threads 0 means one per core: with several processes on a machine, its cores are shared out.
     threads = train_params.threads or (cpu_share(world.local_world_size) if world.world_size > 1 else 0)
     if threads:
         torch.set_num_threads(threads)
-    device = world.own_device(resolve_device(train_params.device))
-    precision = resolve_precision(train_params.precision, device)
+    device = world.own_device(resolve_device(compute.device))
+    precision = resolve_precision(compute.precision, device)
     train_tokens, val_tokens = read_tokens(train_path), read_tokens(val_path)
     state = init_state(config, train_params, train_tokens, device, precision, world)
     checkpoints = CheckpointDir(checkpoint_root,
-                                key_material(config, train_params, [train_path, val_path], code_version))
+                                key_material(config, train_params, [train_path, val_path], code_version, compute))
     saved = world.from_main(lambda: checkpoints.load(world.world_size))
     if saved is not None:
         state.restore(saved, device, world)
@@ -324,18 +327,23 @@ def deterministic_kernels() -> Iterator[None]:
 
 
 def train(config: GPTConfig, train_params: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
-          on_step: StepCallback | None = None, code_version: str = "", world: World = SINGLE) -> TrainResult:
+          on_step: StepCallback | None = None, code_version: str = "", world: World = SINGLE,
+          compute: ComputeParams = ComputeParams()) -> TrainResult:
     """Train until train_params.max_steps, resuming from this configuration's checkpoint in `checkpoint_root`.
     `code_version` (codedeps.code_digest of this module: the code that decides the weights) joins the
     checkpoint key, so a checkpoint written by other code is never resumed. `world`: this process among torchrun's (its process group
-    joined, `tinygpt.train.distributed.process_group`); only rank 0 writes the checkpoint."""
+    joined, `tinygpt.train.distributed.process_group`); only rank 0 writes the checkpoint. `compute`: the device
+    and precision (params.yaml `compute`), which join the checkpoint key too."""
     with deterministic_kernels():
-        return train_loop(config, train_params, train_path, val_path, checkpoint_root, on_step, code_version, world)
+        return train_loop(config, train_params, train_path, val_path, checkpoint_root, on_step, code_version, world,
+                          compute)
 
 
 def train_loop(config: GPTConfig, train_params: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
-               on_step: StepCallback | None, code_version: str, world: World = SINGLE) -> TrainResult:
-    state, session = start(config, train_params, train_path, val_path, checkpoint_root, on_step, code_version, world)
+               on_step: StepCallback | None, code_version: str, world: World = SINGLE,
+               compute: ComputeParams = ComputeParams()) -> TrainResult:
+    state, session = start(config, train_params, train_path, val_path, checkpoint_root, on_step, code_version, world,
+                           compute)
     resumed_from = state.step
     replay(state, on_step)
     if state.step == 0:
