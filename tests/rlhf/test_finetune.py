@@ -95,13 +95,16 @@ def test_keyword_oracle_ppo_raises_the_reward_and_the_keyword_rate(pretrained, a
                                      10, oracle, "fp32"))
     after = held_out(policy.gpt, ref, reward_model, held, 8, 10, 1.0, 7, oracle, "fp32", 64)
 
+    # Bounds from this run's spread over 6 seeds of each case (docs/experiments/tests/ppo_kl_spread.csv: gains
+    # at least 0.59 / 0.30 / 0.51 / 0.26, KL 0.8 to 14.5 nats, 20.3 seen on an AMX CPU): about half the
+    # smallest gain, and a KL bound 2.5x the largest seen (it catches a run whose KL runs away).
     first, last = history.head(4).mean(), history.tail(4).mean()
-    assert last["reward_model_score"] > first["reward_model_score"] + 0.5
+    assert last["reward_model_score"] > first["reward_model_score"] + 0.3
     assert last["gold_score"] > first["gold_score"] + 0.1
-    assert after.reward.mean() > before.reward.mean() + 0.5
+    assert after.reward.mean() > before.reward.mean() + 0.25
     assert after.gold.mean() > before.gold.mean() + 0.1
     assert before.kl.tolist() == [0.0] * len(before.kl)  # the reference against itself
-    assert 0.0 < after.kl.mean() < 20.0
+    assert 0.0 < after.kl.mean() < 50.0
     if logit_bias_lr:  # the policy gained a logit bias, and " good" (922) rose above the other adjectives
         bias = policy.gpt.lm_head.bias.detach()
         assert bias[922].item() > 0 and bias[922].item() > bias[ADJECTIVES[1:]].max().item()

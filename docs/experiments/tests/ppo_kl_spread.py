@@ -56,7 +56,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
     torch.set_num_threads(1)
-    pretrained = t.pretrained.__pytest_wrapped__.obj()
+    pretrained = t.pretrained._get_wrapped_function()()
     rows = [run(pretrained, a, lr, s) for a, lr in (("gae", 0.0), ("rloo", 0.0), ("gae", 3e-2)) for s in args.seeds]
     print(pd.DataFrame(rows).to_csv(index=False, float_format="%.4f"), end="")
 
