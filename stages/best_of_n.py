@@ -4,11 +4,10 @@ gold against the analytic KL for n = 1, 2, 4, ..., max_n; and soft best-of-max_n
 KL-optimal tilt of the reference) on the same samples at each of best_of_n.soft_betas.
 In: models/pretrain/, models/reward/, data/preferences/prompts/.
 Out: data/best_of_n/scores.csv, plots/best_of_n/curve.csv, plots/best_of_n/soft.csv, metrics/best_of_n.json."""
-import time
 
 import torch
 
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.model.weights import load_model
@@ -25,7 +24,6 @@ from tinygpt.rlhf.reward_model import load_reward_model
 
 
 def main() -> None:
-    start = time.perf_counter()
     p = params.load_sections(best_of_n=BestOfNParams, heldout=HeldOutParams, preferences=PreferencesParams,
                              compute=ComputeParams, tracking=TrackingParams)
     bon, settings, preferences_params = p.best_of_n, p.heldout, p.preferences
@@ -35,16 +33,18 @@ def main() -> None:
         run.log_dataset(paths.PREFERENCE_PROMPTS, "evaluation")
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
-        reference = load_model(paths.PRETRAIN_DIR, device).eval()
-        reward_model = load_reward_model(paths.REWARD_DIR, device).requires_grad_(False)
+        with timing.phase("data"):
+            reference = load_model(paths.PRETRAIN_DIR, device).eval()
+            reward_model = load_reward_model(paths.REWARD_DIR, device).requires_grad_(False)
         oracle = Oracle(preferences_params.oracle, preferences_params.keyword)
         samples, curves, soft = {}, {}, {}
         for held_out_set in ("selection", "report"):
             prompts = torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, held_out_set), device=device)
-            samples[held_out_set] = held_out(
-                reference, reference, reward_model, prompts, bon.max_n, preferences_params.continuation_tokens,
-                settings.temperature, settings.seed, oracle, precision, settings.batch_size,
-            )
+            with timing.phase("evaluation"):  # sampling max_n per prompt, scoring them all
+                samples[held_out_set] = held_out(
+                    reference, reference, reward_model, prompts, bon.max_n, preferences_params.continuation_tokens,
+                    settings.temperature, settings.seed, oracle, precision, settings.batch_size,
+                )
             shape = (len(prompts), bon.max_n)
             proxy, gold = samples[held_out_set].reward.reshape(shape), samples[held_out_set].gold.reshape(shape)
             curves[held_out_set] = best_of_n_curve(proxy, gold, bon.max_n)
@@ -54,7 +54,7 @@ def main() -> None:
             **{name: curve.set_index("n").to_dict(orient="index") for name, curve in curves.items()},
             "soft": {name: {f"beta_{row.pop('beta'):g}": row for row in table.to_dict(orient="records")}
                      for name, table in soft.items()},
-            "precision": precision, "wall_seconds": time.perf_counter() - start,
+            "precision": precision,
         }
         artifacts = [paths.BEST_OF_N_CURVE_CSV.parent]
         io.write_json(paths.metrics_file("best_of_n"), run.finish(metrics, artifacts=artifacts))

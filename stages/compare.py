@@ -4,7 +4,7 @@ In: models/pretrain/, data/split/{val.bin, split.json}. Out: models/hf/, metrics
 reports/compare/, plots/compare/."""
 import sys
 
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.data.tokens import read_tokens
 from tinygpt.eval.compare import UNAVAILABLE, run_compare, summary_lines
@@ -24,8 +24,9 @@ def main() -> None:
         run.log_dataset(paths.VAL_BIN, "evaluation")
         model = weights.load_model(paths.PRETRAIN_DIR)
         split = io.read_json(paths.SPLIT_META)
-        result = run_compare(model, p.compare, p.eval, read_tokens(paths.VAL_BIN), split["val"]["bytes"],
-                             paths.HF_DIR, progress=True, compute=p.compute)
+        with timing.phase("evaluation"):  # loading GPT-2 and exporting ours included
+            result = run_compare(model, p.compare, p.eval, read_tokens(paths.VAL_BIN), split["val"]["bytes"],
+                                 paths.HF_DIR, progress=True, compute=p.compute)
         status = result.pretrained
         run.set_tags({"pretrained_status": status.status, "pretrained": status.name,
                       "pretrained_reason": status.reason or "-"})
@@ -36,7 +37,8 @@ def main() -> None:
         # Folders keep their layout in MLflow (both models write files of the same names).
         run.log_artifact(paths.COMPARE_REPORTS, "reports")
         run.log_artifact(paths.COMPARE_PLOTS, "plots")
-        registry.log_hf_model(paths.HF_DIR, registry.registered_name(p.tracking.experiment, "hf"))
+        with timing.phase("registration"):
+            registry.log_hf_model(paths.HF_DIR, registry.registered_name(p.tracking.experiment, "hf"))
         metrics = run.finish(result.metrics())
         io.write_json(paths.metrics_file("compare"), metrics)
         print("compare:\n  " + "\n  ".join(summary_lines(result)))

@@ -1,7 +1,7 @@
 """Stage download: the raw corpus from data.source (a URL pinned by sha256, local text files, or a Hugging
 Face dataset) as one text file and the byte offset of each document.
 In: params data.*, data/corpus/. Out: data/raw/{input.txt, documents.npy, manifest.json}, metrics/download.json."""
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.data.config import DataParams
 from tinygpt.data.sources import fetch_corpus
 from tinygpt.pipeline import params, paths, tracking
@@ -12,7 +12,8 @@ from tinygpt.pipeline.params import TrackingParams
 def main() -> None:
     p = params.load_sections(data=DataParams, tracking=TrackingParams)
     with tracking.stage_run("download", params.flatten({"data": p.data}), p.tracking) as run:
-        summary = fetch_corpus(p.data, paths.RAW_CORPUS, paths.RAW_DOCUMENTS)
+        with timing.phase("data"):
+            summary = fetch_corpus(p.data, paths.RAW_CORPUS, paths.RAW_DOCUMENTS)
         io.write_json(paths.RAW_MANIFEST, summary.as_dict())
         run.set_tags({"download.source": summary.source, "download.kind": p.data.source})
         metrics = run.finish({"bytes": summary.bytes, "sha256": summary.sha256, "source": summary.source,

@@ -4,11 +4,10 @@ continuations, DPO never sees it; with dpo.pairs: reward_ranked it also ranks th
 the train prompts into the training pairs), the reported step chosen on the selection set.
 In: models/pretrain/, models/reward/, data/preferences/, data/split/train.bin (dpo.ptx_coef), data/split/val.bin.
 Out: models/dpo/, metrics/dpo.json, plots/dpo/, reports/dpo/samples.md."""
-import time
 
 import torch
 
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
@@ -29,7 +28,6 @@ from tinygpt.rlhf.reward_model import load_reward_model
 
 
 def main() -> None:
-    start = time.perf_counter()
     p = params.load_sections(dpo=DpoParams, heldout=HeldOutParams, preferences=PreferencesParams,
                              compute=ComputeParams, tracking=TrackingParams)
     dpo_params, preferences_params = p.dpo, p.preferences
@@ -43,44 +41,44 @@ def main() -> None:
             run.log_dataset(paths.TRAIN_BIN, "training")  # DPO-ptx's language-model batches
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
-        policy = load_model(paths.PRETRAIN_DIR, device)
-        ref = frozen_copy(policy)
-        task = EvalTask(
-            reward_model=load_reward_model(paths.REWARD_DIR, device).requires_grad_(False),
-            prompts={name: torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, name), device=device)
-                     for name in ("selection", "report")},
-            val_tokens=read_tokens(paths.VAL_BIN), heldout_params=p.heldout,
-            max_new_tokens=preferences_params.continuation_tokens,
-            oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
-        )
+        with timing.phase("data"):
+            policy = load_model(paths.PRETRAIN_DIR, device)
+            ref = frozen_copy(policy)
+            task = EvalTask(
+                reward_model=load_reward_model(paths.REWARD_DIR, device).requires_grad_(False),
+                prompts={name: torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, name), device=device)
+                         for name in ("selection", "report")},
+                val_tokens=read_tokens(paths.VAL_BIN), heldout_params=p.heldout,
+                max_new_tokens=preferences_params.continuation_tokens,
+                oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
+            )
+            pairs = load_pairs(paths.PREFERENCE_PAIRS)
         tracker = FrontierTracker(ref, task, run.log_step)
-        pairs = load_pairs(paths.PREFERENCE_PAIRS)
-        train_start = time.perf_counter()
         train_pairs = pairs["train"]
         if ranked:  # samples of the reference, judged by the reward model
-            train_pairs = reward_ranked_pairs(
-                ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), dpo_params.ranked_samples,
-                preferences_params.continuation_tokens, preferences_params.temperature, dpo_params.seed, precision,
-                p.heldout.batch_size, dpo_params.ranked_pairs)
-        history = dpo.train_dpo(
-            policy, ref, train_pairs, dpo_params, precision, on_step=run.log_step,
-            on_eval=lambda step, model: tracker.add(step, model) if step > 0 else None,  # step 0: the reference
-            corpus=read_tokens(paths.TRAIN_BIN) if dpo_params.ptx_coef > 0 else None,
-        )
-        train_seconds = time.perf_counter() - train_start - tracker.seconds
+            with timing.phase("sampling"):
+                train_pairs = reward_ranked_pairs(
+                    ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"),
+                    dpo_params.ranked_samples, preferences_params.continuation_tokens, preferences_params.temperature,
+                    dpo_params.seed, precision, p.heldout.batch_size, dpo_params.ranked_pairs)
+        with timing.phase("training"):  # its evaluations count as evaluation (FrontierTracker)
+            history = dpo.train_dpo(
+                policy, ref, train_pairs, dpo_params, precision, on_step=run.log_step,
+                on_eval=lambda step, model: tracker.add(step, model) if step > 0 else None,  # step 0: the reference
+                corpus=read_tokens(paths.TRAIN_BIN) if dpo_params.ptx_coef > 0 else None,
+            )
         save_model(tracker.selected_model, paths.DPO_DIR)
         written = write_outputs(history, tracker, task)
         held_out_pairs = {}
-        for name in ("selection", "report"):
-            data = dpo.preference_tensors(pairs[name], device)
-            reference = dpo.all_logprobs(ref, data, 4 * dpo_params.batch_size, precision)
-            held_out_pairs[name] = dpo.evaluate_dpo(tracker.selected_model, data, reference, dpo_params.beta,
-                                                    4 * dpo_params.batch_size, precision)
+        with timing.phase("evaluation"):
+            for name in ("selection", "report"):
+                data = dpo.preference_tensors(pairs[name], device)
+                reference = dpo.all_logprobs(ref, data, 4 * dpo_params.batch_size, precision)
+                held_out_pairs[name] = dpo.evaluate_dpo(tracker.selected_model, data, reference, dpo_params.beta,
+                                                        4 * dpo_params.batch_size, precision)
         metrics = {**tracker.metrics(), "pairs": held_out_pairs,
                    "training_pairs": dpo.pair_summary(train_pairs),
-                   "steps": len(history), "precision": precision,
-                   "train_seconds": train_seconds, "eval_seconds": tracker.seconds,
-                   "wall_seconds": time.perf_counter() - start}
+                   "steps": len(history), "precision": precision}
         registry.log_stage_model("dpo", p.tracking.experiment, paths.DPO_DIR, metrics)
         io.write_json(paths.metrics_file("dpo"), run.finish(metrics, artifacts=written))
         d = metrics["change"]

@@ -1,7 +1,7 @@
 """Stage evaluate: loss, perplexity, bits per byte, calibration and next-token inspection of the
 pretrained model. In: models/pretrain/, data/split/. Out: metrics/evaluate.json, plots/evaluate/,
 reports/evaluate/."""
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.data.tokens import read_tokens
 from tinygpt.eval.config import EvalParams
@@ -21,12 +21,13 @@ def main() -> None:
         model = weights.load_model(paths.PRETRAIN_DIR)
         run.log_params({f"model.{k}": v for k, v in model.config.to_dict().items()})
         split = io.read_json(paths.SPLIT_META)
-        result = evaluate_model(
-            model, p.eval,
-            val_tokens=read_tokens(paths.VAL_BIN), val_bytes=split["val"]["bytes"],
-            train_tokens=read_tokens(paths.TRAIN_BIN), train_bytes=split["train"]["bytes"],
-            compute=p.compute, progress=True,
-        )
+        with timing.phase("evaluation"):
+            result = evaluate_model(
+                model, p.eval,
+                val_tokens=read_tokens(paths.VAL_BIN), val_bytes=split["val"]["bytes"],
+                train_tokens=read_tokens(paths.TRAIN_BIN), train_bytes=split["train"]["bytes"],
+                compute=p.compute, progress=True,
+            )
         written = write_evaluation(result, paths.EVALUATE_PLOTS, paths.EVALUATE_REPORTS, title="pretrain")
         metrics = run.finish(result.metrics, artifacts=written)
         io.write_json(paths.metrics_file("evaluate"), metrics)

@@ -2,7 +2,6 @@
 method's reported point against the best-of-n curve at the same KL.
 In: plots/best_of_n/curve.csv, plots/best_of_n/soft.csv, plots/{rlhf,dpo}/frontier.csv, metrics/{rlhf,dpo}.json.
 Out: plots/frontier/, reports/frontier/table.md, metrics/frontier.json."""
-import time
 
 import pandas as pd
 
@@ -18,7 +17,6 @@ METHODS = {"PPO": ("rlhf", paths.RLHF_FRONTIER_CSV), "DPO": ("dpo", paths.DPO_FR
 
 
 def main() -> None:
-    start = time.perf_counter()
     p = params.load_sections(preferences=PreferencesParams, tracking=TrackingParams)
     with tracking.stage_run("frontier", {"preferences.oracle": p.preferences.oracle}, p.tracking) as run:
         curve = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
@@ -40,7 +38,6 @@ def main() -> None:
         at = best_of_n.set_index("n")
         metrics["best_of_n"] = {f"n{n}": {"kl": at.loc[n, "kl"], "gold_gain": at.loc[n, "gold_gain"],
                                           "gold_gain_se": at.loc[n, "gold_gain_se"]} for n in at.index}
-        metrics["wall_seconds"] = time.perf_counter() - start
         io.write_json(paths.metrics_file("frontier"), run.finish(metrics, artifacts=[paths.FRONTIER_PLOTS,
                                                                                       paths.FRONTIER_REPORTS]))
         for method in METHODS:

@@ -1,12 +1,11 @@
 """Stage preferences: prompts cut from the text, continuations sampled from the pretrained model, pairs
 labelled chosen/rejected by an oracle. In: models/pretrain/, data/split/{train,val}.bin.
 Out: data/preferences/{pairs,prompts}/ (datasets, Arrow), metrics/preferences.json."""
-import time
 
 import numpy as np
 import torch
 
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
@@ -20,7 +19,6 @@ from tinygpt.rlhf.oracles import Oracle
 
 
 def main() -> None:
-    start = time.perf_counter()
     p = params.load_sections(preferences=PreferencesParams, compute=ComputeParams, tracking=TrackingParams)
     preferences_params = p.preferences
     flat = params.flatten({"preferences": preferences_params, "compute": p.compute})
@@ -29,7 +27,8 @@ def main() -> None:
         run.log_dataset(paths.VAL_BIN, "prompts")
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
-        model = load_model(paths.PRETRAIN_DIR, device)
+        with timing.phase("data"):
+            model = load_model(paths.PRETRAIN_DIR, device)
         prefs.check_fits(model.config, preferences_params)
         oracle = Oracle(preferences_params.oracle, preferences_params.keyword)
         seed = preferences_params.seed
@@ -40,13 +39,14 @@ def main() -> None:
         val_prompts = prefs.cut_prompts(read_tokens(paths.VAL_BIN), preferences_params.val_prompts, length, rng)
         prompt_sets.update(prefs.heldout_sets(val_prompts, preferences_params.selection_prompts, rng))
         pairs, prompts, stats = {}, {}, {}
-        for split, prompt_ids in prompt_sets.items():
-            pairs[split], prompts[split], stats[split] = prefs.build_split(
-                model, prompt_ids, split, preferences_params, oracle, generator, precision
-            )
+        with timing.phase("sampling"):  # and the oracle's scores
+            for split, prompt_ids in prompt_sets.items():
+                pairs[split], prompts[split], stats[split] = prefs.build_split(
+                    model, prompt_ids, split, preferences_params, oracle, generator, precision
+                )
         prefs.save(pairs, prompts, paths.PREFERENCE_PAIRS, paths.PREFERENCE_PROMPTS)
         run.log_dict(pairs["train"].select(range(min(20, len(pairs["train"])))).to_list(), "pairs_head.json")
-        metrics = {**stats, "precision": precision, "wall_seconds": time.perf_counter() - start}
+        metrics = {**stats, "precision": precision}
         io.write_json(paths.metrics_file("preferences"), run.finish(metrics))
         print(f"preferences: {stats['train']['pairs']} train / {stats['selection']['pairs']} selection / "
               f"{stats['report']['pairs']} report pairs "

@@ -1,11 +1,10 @@
 """Stage reward: the pretrained transformer plus a scalar head on the last token, trained on the
 preference pairs with the Bradley-Terry loss, its rewards normalised on the training pairs.
 In: models/pretrain/, data/preferences/pairs/. Out: models/reward/, metrics/reward.json, plots/reward/."""
-import time
 
 import torch
 
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.model.weights import load_model
@@ -19,7 +18,6 @@ from tinygpt.rlhf.preferences import load_pairs
 
 
 def main() -> None:
-    start = time.perf_counter()
     p = params.load_sections(reward=RewardParams, compute=ComputeParams, tracking=TrackingParams)
     reward_params = p.reward
     with tracking.stage_run("reward", params.flatten({"reward": reward_params, "compute": p.compute}), p.tracking,
@@ -27,26 +25,29 @@ def main() -> None:
         run.log_dataset(paths.PREFERENCE_PAIRS, "training")
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
-        pairs = load_pairs(paths.PREFERENCE_PAIRS)
-        train = rm.pair_tensors(pairs["train"], device)
-        torch.manual_seed(reward_params.seed)
-        model = rm.RewardModel(load_model(paths.PRETRAIN_DIR, device)).to(device)
-        history = rm.train_reward_model(
-            model, train, reward_params.learning_rate, reward_params.weight_decay, reward_params.epochs,
-            reward_params.batch_size, reward_params.warmup_steps, reward_params.grad_clip, reward_params.seed,
-            precision, on_step=run.log_step,
-        )
-        rm.fit_normalisation(model, train, 4 * reward_params.batch_size, precision)
+        with timing.phase("data"):
+            pairs = load_pairs(paths.PREFERENCE_PAIRS)
+            train = rm.pair_tensors(pairs["train"], device)
+            torch.manual_seed(reward_params.seed)
+            model = rm.RewardModel(load_model(paths.PRETRAIN_DIR, device)).to(device)
+        with timing.phase("training"):
+            history = rm.train_reward_model(
+                model, train, reward_params.learning_rate, reward_params.weight_decay, reward_params.epochs,
+                reward_params.batch_size, reward_params.warmup_steps, reward_params.grad_clip, reward_params.seed,
+                precision, on_step=run.log_step,
+            )
+            rm.fit_normalisation(model, train, 4 * reward_params.batch_size, precision)
         rm.save_reward_model(model, paths.REWARD_DIR)
         reward_outputs.write_plots(history)
-        metrics = {
-            "train": rm.evaluate_pairs(model, train, 4 * reward_params.batch_size, precision),
-            **{held_out: rm.evaluate_pairs(model, rm.pair_tensors(pairs[held_out], device),
-                                           4 * reward_params.batch_size, precision)
-               for held_out in ("selection", "report")},
-            "normalisation": {"offset": model.offset.item(), "scale": model.scale.item()},
-            "steps": len(history), "precision": precision, "wall_seconds": time.perf_counter() - start,
-        }
+        with timing.phase("evaluation"):
+            metrics = {
+                "train": rm.evaluate_pairs(model, train, 4 * reward_params.batch_size, precision),
+                **{held_out: rm.evaluate_pairs(model, rm.pair_tensors(pairs[held_out], device),
+                                               4 * reward_params.batch_size, precision)
+                   for held_out in ("selection", "report")},
+                "normalisation": {"offset": model.offset.item(), "scale": model.scale.item()},
+                "steps": len(history), "precision": precision,
+            }
         registry.log_stage_model("reward", p.tracking.experiment, paths.REWARD_DIR, metrics, scorer=True)
         io.write_json(paths.metrics_file("reward"), run.finish(metrics, artifacts=[paths.REWARD_PLOTS]))
         v = metrics["report"]

@@ -4,11 +4,10 @@ saved) is chosen on the selection set within the KL and perplexity budgets, its 
 the headline.
 In: models/pretrain/, models/reward/, data/preferences/prompts/, data/split/{train,val}.bin.
 Out: models/rlhf/, metrics/rlhf.json, plots/rlhf/, reports/rlhf/samples.md."""
-import time
 
 import torch
 
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
@@ -27,7 +26,6 @@ from tinygpt.rlhf.reward_model import load_reward_model
 
 
 def main() -> None:
-    start = time.perf_counter()
     p = params.load_sections(rlhf=RlhfParams, heldout=HeldOutParams, preferences=PreferencesParams,
                              compute=ComputeParams, tracking=TrackingParams)
     rlhf_params, preferences_params = p.rlhf, p.preferences
@@ -38,29 +36,27 @@ def main() -> None:
         run.log_dataset(paths.TRAIN_BIN, "training")  # PPO-ptx's language-model batches
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
-        policy = PolicyWithValue(load_model(paths.PRETRAIN_DIR, device)).to(device)
-        ref = frozen_copy(policy.gpt)
-        task = EvalTask(
-            reward_model=load_reward_model(paths.REWARD_DIR, device).requires_grad_(False),
-            prompts={name: torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, name), device=device)
-                     for name in ("selection", "report")},
-            val_tokens=read_tokens(paths.VAL_BIN), heldout_params=p.heldout,
-            max_new_tokens=preferences_params.continuation_tokens,  # the reward model was trained on this length
-            oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
-        )
+        with timing.phase("data"):
+            policy = PolicyWithValue(load_model(paths.PRETRAIN_DIR, device)).to(device)
+            ref = frozen_copy(policy.gpt)
+            task = EvalTask(
+                reward_model=load_reward_model(paths.REWARD_DIR, device).requires_grad_(False),
+                prompts={name: torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, name), device=device)
+                         for name in ("selection", "report")},
+                val_tokens=read_tokens(paths.VAL_BIN), heldout_params=p.heldout,
+                max_new_tokens=preferences_params.continuation_tokens,  # the reward model was trained on this length
+                oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
+            )
         tracker = FrontierTracker(ref, task, run.log_step)
-        ppo_start = time.perf_counter()
-        history = train_ppo(
-            policy, ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), rlhf_params,
-            task.max_new_tokens, task.oracle, precision, corpus=read_tokens(paths.TRAIN_BIN),
-            on_step=run.log_step, on_eval=lambda step, trained: tracker.add(step, trained.gpt),
-        )
-        ppo_seconds = time.perf_counter() - ppo_start - tracker.seconds
+        with timing.phase("training"):  # its evaluations count as evaluation (FrontierTracker)
+            history = train_ppo(
+                policy, ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), rlhf_params,
+                task.max_new_tokens, task.oracle, precision, corpus=read_tokens(paths.TRAIN_BIN),
+                on_step=run.log_step, on_eval=lambda step, trained: tracker.add(step, trained.gpt),
+            )
         save_model(tracker.selected_model, paths.RLHF_DIR)
         written = write_outputs(history, tracker, task)
-        metrics = {**tracker.metrics(), "final_beta": history[-1]["beta"], "precision": precision,
-                   "ppo_seconds": ppo_seconds, "eval_seconds": tracker.seconds,
-                   "wall_seconds": time.perf_counter() - start}
+        metrics = {**tracker.metrics(), "final_beta": history[-1]["beta"], "precision": precision}
         registry.log_stage_model("rlhf", p.tracking.experiment, paths.RLHF_DIR, metrics)
         io.write_json(paths.metrics_file("rlhf"), run.finish(metrics, artifacts=written))
         d = metrics["change"]

@@ -3,14 +3,8 @@ split by whole documents (drawn with split.seed).
 In: data/tokens/. Out: data/split/{train.bin, val.bin, split.json}, metrics/split.json."""
 from tinygpt.core import io
 from tinygpt.data.config import SplitParams
-from tinygpt.data.tokens import (
-    read_document_index,
-    read_offsets,
-    read_tokens,
-    split_documents,
-    split_tokens,
-    write_tokens,
-)
+from tinygpt.data.tokens import (read_document_index, read_offsets, read_tokens, split_documents, split_tokens,
+                                 write_tokens)
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.params import TrackingParams

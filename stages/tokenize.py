@@ -3,7 +3,7 @@ In: data/raw/{input.txt, documents.npy}. Out: data/tokens/{tokens.bin, offsets.n
 metrics/tokenize.json."""
 from dataclasses import asdict
 
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.data import tokenizer
 from tinygpt.data.config import TokenizeParams
 from tinygpt.data.corpus_tokens import TokenFiles, tokenize_corpus
@@ -18,8 +18,9 @@ def main() -> None:
     with tracking.stage_run("tokenize", params.flatten({"tokenize": p.tokenize}), p.tracking) as run:
         run.log_dataset(paths.RAW_CORPUS, "input")
         out = TokenFiles(paths.TOKENS_BIN, paths.TOKEN_OFFSETS, paths.TOKEN_DOCUMENTS)
-        summary = tokenize_corpus(paths.RAW_CORPUS, read_document_index(paths.RAW_DOCUMENTS, "download"),
-                                  tokenizer.get_encoding(p.tokenize.encoding), out, threads=p.tokenize.threads)
+        with timing.phase("data"):
+            summary = tokenize_corpus(paths.RAW_CORPUS, read_document_index(paths.RAW_DOCUMENTS, "download"),
+                                      tokenizer.get_encoding(p.tokenize.encoding), out, threads=p.tokenize.threads)
         meta = {**asdict(summary), "vocab_size": tokenizer.N_VOCAB, "tokenizer": p.tokenize.encoding,
                 "tokenizer_files_sha256": tokenizer.file_hashes()}
         io.write_json(paths.TOKENS_META, meta)

@@ -3,6 +3,8 @@ loopback HTTP server and a copy of the project with a tiny configuration (`tiny_
 from __future__ import annotations
 
 import http.server
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -98,8 +100,29 @@ def tiny_project(tmp_path, shakespeare_path):
 @pytest.fixture(scope="session")
 def finished_project(tmp_path_factory, shakespeare_path):
     """The tiny project after one whole `dvc repro`, committed with its dvc.lock: a pipeline in a clean,
-    finished state. Shared by the tests of a session, so they change a copy (`support.copy_finished`)."""
-    project = tiny_copy(tmp_path_factory.mktemp("finished"), shakespeare_path)
-    dvc(project, "repro")
-    commit_all(project, "the tiny pipeline, reproduced")
-    return project
+    finished state. Shared by the tests of a session, so they change a copy (`support.copy_finished`).
+    Under pytest-xdist the workers share one: the first to need it builds it in their common temp folder
+    while the others wait on the lock."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    folder = shared / "finished"
+    with FileLock(shared / "finished.lock"):
+        if not (folder / "done").exists():
+            shutil.rmtree(folder, ignore_errors=True)  # a build that failed half-way
+            folder.mkdir()
+            project = tiny_copy(folder, shakespeare_path)
+            dvc(project, "repro")
+            commit_all(project, "the tiny pipeline, reproduced")
+            (folder / "done").touch()
+    return folder / "project"
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker (and the stages it starts) gets its share of the cores: OpenMP
+    threads of two processes spinning on the same cores slow both many times over."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))

@@ -113,18 +113,18 @@ def dvc(project: Path, *args: str, check: bool = True,
     return out
 
 
-def run_queue(project: Path, workers: int = 1, timeout_s: float = 600) -> str:
-    """Start `workers` queue workers, wait until nothing is queued or running (killing what still runs at
-    the deadline), and return the last `dvc queue status`."""
-    dvc(project, "queue", "start", "-j", str(workers))
+def run_queue(project: Path, workers: int = 1, timeout_s: float = 1200, env_vars: dict[str, str] | None = None) -> str:
+    """Start `workers` queue workers, wait until nothing is queued or running, and return the last
+    `dvc queue status`; past the deadline, kill what still runs and fail."""
+    dvc(project, "queue", "start", "-j", str(workers), env_vars=env_vars)
     deadline = time.time() + timeout_s
     while time.time() < deadline:
-        status = dvc(project, "queue", "status").stdout
+        time.sleep(8)  # each `dvc queue status` costs a second of CPU, taken from the workers
+        status = dvc(project, "queue", "status", env_vars=env_vars).stdout
         if "Queued" not in status and "Running" not in status:
             return status
-        time.sleep(2)
-    dvc(project, "queue", "stop", "--kill")
-    return status
+    dvc(project, "queue", "stop", "--kill", env_vars=env_vars, check=False)
+    raise AssertionError(f"the queue did not finish in {timeout_s:.0f} s:\n{status}")
 
 
 class Interrupted(Exception):

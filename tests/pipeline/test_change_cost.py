@@ -27,6 +27,7 @@ def touch(project: Path, relative: str) -> None:
         f.write("\n# a comment: changes no number, only the file's hash\n")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edited, expected", [
     ("src/tinygpt/rlhf/dpo.py", {"dpo"}),
     ("src/tinygpt/rlhf/config.py", RLHF_CONFIG_READERS),

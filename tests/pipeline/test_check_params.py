@@ -2,13 +2,12 @@
 every other stage is cached, and a valid edit reruns only the check and the stages that read the key."""
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 
 import pytest
-from support import copy_project, dvc, set_params
+from support import copy_finished, dvc, set_params
 
 BAD_EDITS = [  # (section, key, value, what the error must say)
     ("data", "bogus_key", 1, "unknown key 'data.bogus_key'"),
@@ -20,15 +19,9 @@ BAD_EDITS = [  # (section, key, value, what the error must say)
 
 
 @pytest.fixture
-def data_project(repo_root, tmp_path, shakespeare_path):
-    """A copy of the project whose data stages have run on 20 KB of the corpus."""
-    corpus = shakespeare_path.read_bytes()[:20_000]
-    (tmp_path / "corpus.txt").write_bytes(corpus)
-    project = copy_project(repo_root, tmp_path / "project")
-    set_params(project, data={"url": str(tmp_path / "corpus.txt"), "sha256": hashlib.sha256(corpus).hexdigest(),
-                              "mirrors": []})
-    dvc(project, "repro", "split")
-    return project
+def data_project(finished_project, tmp_path):
+    """A copy of the finished tiny pipeline: its data stages (and the rest) have run."""
+    return copy_finished(finished_project, tmp_path / "project")
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from support import dvc, run_queue
+from support import copy_finished, dvc, run_queue
 
 from tinygpt.pipeline import report
 from tinygpt.pipeline.sections import load_named
@@ -35,12 +35,15 @@ def stage_run_ids(project):
 
 
 @pytest.mark.slow
-def test_experiments_make_one_pipeline_run_each(tiny_project):
-    project = tiny_project
+def test_experiments_make_one_pipeline_run_each(finished_project, tmp_path):
+    # The finished tiny pipeline is exp-a's starting point: `dvc exp run` on it reruns nothing, and its
+    # store holds the one pipeline run its `dvc repro` logged.
+    project = copy_finished(finished_project, tmp_path / "project")
     client = store(project)
     default_lr = str(load_named("train", path=project / "params.yaml").train.learning_rate)
 
-    dvc(project, "exp", "run", "-n", "exp-a")
+    out = dvc(project, "exp", "run", "-n", "exp-a")
+    assert "Running stage" not in out.stdout, out.stdout
     first = read_json(project, "metrics/report.json")
     first_links = stage_run_ids(project)
 

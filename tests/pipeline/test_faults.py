@@ -71,21 +71,18 @@ def runs_of_stage(project: Path, stage: str) -> list:
     return client.search_runs([experiment], f"tags.stage = '{stage}'", max_results=100)
 
 
-@pytest.fixture(scope="module")
-def references(finished_project, tmp_path_factory):
-    """Each stage's model from an uninterrupted run with the LONGER settings."""
-    models = {}
-    for stage, settings in LONGER.items():
-        project = copy_finished(finished_project, tmp_path_factory.mktemp(f"reference-{stage}") / "project")
-        set_params(project, **settings)
-        dvc(project, "repro", "--single-item", stage)
-        models[stage] = folder_digest(project / "models" / stage)
-    return models
+def reference_model(finished_project: Path, stage: str, root: Path) -> dict:
+    """The stage's model from an uninterrupted run with the LONGER settings."""
+    project = copy_finished(finished_project, root / "reference")
+    set_params(project, **LONGER[stage])
+    dvc(project, "repro", "--single-item", stage)
+    return folder_digest(project / "models" / stage)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["reward", "rlhf"])
-def test_kill_9_mid_run_then_a_rerun_restarts_cleanly(stage, finished_project, references, tmp_path):
+def test_kill_9_mid_run_then_a_rerun_restarts_cleanly(stage, finished_project, tmp_path):
+    reference = reference_model(finished_project, stage, tmp_path)
     project = copy_finished(finished_project, tmp_path / "project")
     set_params(project, **LONGER[stage])
     lock_before, cache_before = (project / "dvc.lock").read_text(), cache_objects(project)
@@ -96,7 +93,7 @@ def test_kill_9_mid_run_then_a_rerun_restarts_cleanly(stage, finished_project, r
     assert_dvc_took_nothing(project, stage, lock_before, cache_before)
 
     dvc(project, "repro", "--single-item", stage)
-    assert folder_digest(project / "models" / stage) == references[stage]
+    assert folder_digest(project / "models" / stage) == reference
     assert not list(project.glob(f"models/.{stage}.*"))  # the killed run's temp folder went with the rerun
     assert "up to date" in dvc(project, "status", stage).stdout
     statuses = sorted(r.info.status for r in runs_of_stage(project, stage))

@@ -80,15 +80,19 @@ def test_ci_runs_the_readme_commands_the_whole_pipeline_and_its_checks(repo_root
     stage named), and the checks against the committed metrics."""
     ci = [line.strip() for line in (repo_root / ".ci/run").read_text().splitlines() if not line.strip().startswith("#")]
     readme = (repo_root / "README.md").read_text()
-    for command in ("make test", "make repro"):
+    for command in ("make test", "make test-slow", "make repro"):
         assert command in ci and command in readme, command
     makefile = (repo_root / "Makefile").read_text()
     repro_recipe = makefile.split("\nrepro:", 1)[1].split("\n\n", 1)[0]
     assert repro_recipe.rstrip().endswith("dvc repro"), "make repro must run the whole pipeline"
-    assert "-m pytest -q" in makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "-m pytest -q" in makefile.split("\nPYTEST :=", 1)[1].split("\n", 1)[0]
+    # the two tiers are every test: one marker splits them
+    assert '$(PYTEST) -m "not slow"' in makefile.split("\ntest:", 1)[1].split("\n\n", 1)[0]
+    assert "$(PYTEST) -m slow" in makefile.split("\ntest-slow:", 1)[1].split("\n\n", 1)[0]
     assert "python -m tinygpt.pipeline.reproduce metrics --against HEAD" in ci
     assert "dvc repro --force --single-item evaluate" in ci
-    assert ci.index("make test") < ci.index("make repro") < ci.index("python -m tinygpt.pipeline.reproduce metrics --against HEAD")
+    assert ci.index("make test") < ci.index("make test-slow") < ci.index("make repro") \
+        < ci.index("python -m tinygpt.pipeline.reproduce metrics --against HEAD")
 
 
 def test_the_metrics_command_compares_the_workspace_with_a_commit(tmp_path, monkeypatch, capsys):
@@ -114,3 +118,16 @@ def test_the_metrics_command_compares_the_workspace_with_a_commit(tmp_path, monk
     assert "| NO |" in captured.out and "pretrain whole-val loss" in captured.err
     assert reproduce.main(["metrics", "--against", "no-such-revision"]) == 1
     assert "is not committed at no-such-revision" in capsys.readouterr().err
+
+
+def test_the_times_table_lines_up_phases_and_the_baseline_totals():
+    profiles = {"pretrain": {"startup": 4.0, "training": 90.0, "total": 100.0},
+                "frontier": {"startup": 3.0, "other": 1.0, "total": 4.0}}
+    baseline = {"pretrain": {"total": 200.0}, "frontier": {}}  # frontier's old metrics had no time
+    lines = reproduce.times_table(profiles, baseline).splitlines()
+    assert lines[0] == "| stage | startup | training | other | total | baseline total | ratio |"
+    assert lines[2] == "| pretrain | 4.0 | 90.0 |  | 100.0 | 200.0 | 0.50 |"
+    assert lines[3] == "| frontier | 3.0 |  | 1.0 | 4.0 |  |  |"
+    assert lines[4] == "| all |  |  |  | 104.0 | 200.0 | 0.52 |"
+    assert reproduce.stage_times({"wall_seconds": 5.0}) == {"total": 5.0}
+    assert reproduce.stage_times({"time": {"startup_s": 1.0, "total_s": 2.0}}) == {"startup": 1.0, "total": 2.0}

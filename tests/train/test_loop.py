@@ -237,7 +237,10 @@ def test_pretrain_stage_end_to_end(tmp_path, monkeypatch, mlflow_uri, shakespear
     assert metrics["steps"] == 6 and metrics["tokens_seen"] == 6 * 4 * 32 and metrics["resumed_from_step"] == 0
     assert metrics["params"]["total"] == 50257 * 16 + 32 * 16 + metrics["params"]["non_embedding"]
     assert metrics["final"]["val_loss"] < math.log(50257) and metrics["best"]["val_loss"] <= metrics["final"]["val_loss"]
-    assert metrics["precision"] == "fp32" and metrics["peak_rss_mib"] > 0 and metrics["wall_seconds"] > 0
+    assert metrics["precision"] == "fp32" and metrics["peak_rss_mib"] > 0
+    profile = metrics["time"]  # the stage's time profile: its parts add up to the total
+    assert profile["training_s"] > 0 and profile["evaluation_s"] > 0 and profile["logging_s"] > 0
+    assert sum(v for k, v in profile.items() if k != "total_s") == pytest.approx(profile["total_s"])
     seen = len(np.unique(ids[:3000]))  # train.shortlist_vocab is on by default
     assert metrics["vocabulary"] == {"shortlist": True, "softmax_rows": seen + 1, "seen_tokens": seen,
                                      "unseen_tokens": 50257 - seen, "unseen_smoothing": 0.0}

@@ -7,6 +7,7 @@ import sys
 from typing import Callable
 
 import tinygpt
+from tinygpt.core import timing
 from tinygpt.core.allocator import keep_freed_memory
 from tinygpt.core.errors import TinyGptError
 from tinygpt.pipeline import params
@@ -18,6 +19,7 @@ MODEL_HELP = ("a model directory (ours, e.g. models/pretrain, or a Hugging Face 
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's main(); a fixable error prints as one line on stderr and exits with status 1."""
     keep_freed_memory()  # every stage allocates and frees large tensors in a loop (see tinygpt.core.allocator)
+    timing.profile()  # the stage's time profile: its start-up (imports) ends here
     try:
         main()
     except (TinyGptError, FileNotFoundError) as err:

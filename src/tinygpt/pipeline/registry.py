@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 
-from tinygpt.core import io
+from tinygpt.core import io, timing
 from tinygpt.pipeline import tracking
 
 CURRENT_ALIAS = "current"
@@ -52,7 +52,8 @@ def registered_name(experiment: str, stage: str) -> str:
 def log_stage_model(stage: str, experiment: str, model_dir: Path, metrics: dict[str, Any],
                     scorer: bool = False) -> str | None:
     """Log a stage's model directory to the active run as `<experiment>-<stage>`; see log_tinygpt_model."""
-    return log_tinygpt_model(model_dir, registered_name(experiment, stage), metrics, scorer)
+    with timing.phase("registration"):
+        return log_tinygpt_model(model_dir, registered_name(experiment, stage), metrics, scorer)
 
 
 def model_uri(name: str, alias: str = CURRENT_ALIAS) -> str:

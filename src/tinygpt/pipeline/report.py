@@ -32,7 +32,7 @@ HEADLINES: tuple[tuple[str, str, str], ...] = (
     ("pretrain/best_val_loss", "pretrain", "best.val_loss"),
     ("pretrain/tokens_seen", "pretrain", "tokens_seen"),
     ("pretrain/tokens_per_s", "pretrain", "tokens_per_s"),
-    ("pretrain/wall_seconds", "pretrain", "wall_seconds"),
+    ("pretrain/total_seconds", "pretrain", "time.total_s"),  # the stage from process start to its metrics
     ("pretrain/peak_rss_mib", "pretrain", "peak_rss_mib"),
     ("evaluate/val_loss", "evaluate", "val.loss"),
     ("evaluate/val_perplexity", "evaluate", "val.perplexity"),

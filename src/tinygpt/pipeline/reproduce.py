@@ -2,6 +2,7 @@
 
     python -m tinygpt.pipeline.reproduce metrics [--against HEAD]   # headline metrics, table + tolerance check
     python -m tinygpt.pipeline.reproduce outs evaluate               # the stage's output hashes from dvc.lock (JSON)
+    python -m tinygpt.pipeline.reproduce times [--against HEAD]      # every stage's time profile, one table
 
 Training differs slightly between CPU models (bf16 autocast on AMX / AVX512-BF16 CPUs, fp32 elsewhere,
 different kernels), so a rerun agrees with the committed numbers within tolerances, not exactly. Each
@@ -122,6 +123,54 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     return 0
 
 
+# Every stage of dvc.yaml, in pipeline order (the report has no metrics of its own time).
+TIMED_STAGES = ("check_params", "download", "tokenize", "split", "pretrain", "evaluate", "compare", "preferences",
+                "reward", "best_of_n", "rlhf", "dpo", "frontier")
+
+
+def stage_times(metrics: dict) -> dict[str, float]:
+    """A stage's time profile (`time`), phase -> seconds; from metrics written before the profile
+    existed, only the total (`wall_seconds`)."""
+    if "time" in metrics:
+        return {k.removesuffix("_s"): v for k, v in metrics["time"].items()}
+    return {"total": metrics["wall_seconds"]} if "wall_seconds" in metrics else {}
+
+
+def times_table(profiles: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]] | None = None) -> str:
+    """Markdown: one row per stage, one column per phase; with a baseline, its totals beside this run's."""
+    phases = [p for p in dict.fromkeys(k for prof in profiles.values() for k in prof) if p != "total"]
+    head = ["stage", *phases, "total"] + (["baseline total", "ratio"] if baseline is not None else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for stage, prof in profiles.items():
+        cells = [stage, *(f"{prof[p]:.1f}" if p in prof else "" for p in [*phases, "total"])]
+        if baseline is not None:
+            before, now = baseline.get(stage, {}).get("total"), prof.get("total")
+            cells += [f"{before:.1f}" if before else "", f"{now / before:.2f}" if before and now else ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    total = sum(prof.get("total", 0) for prof in profiles.values())
+    row = ["all", *[""] * len(phases), f"{total:.1f}"]
+    if baseline is not None:
+        before = sum(b.get("total", 0) for b in baseline.values())
+        row += [f"{before:.1f}", f"{total / before:.2f}" if before else ""]
+    lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def cmd_times(args: argparse.Namespace) -> int:
+    profiles = {s: stage_times(json.loads(metrics_file(s).read_text())) for s in TIMED_STAGES
+                if metrics_file(s).exists()}
+    baseline = None
+    if args.against:
+        baseline = {}
+        for stage in profiles:
+            try:
+                baseline[stage] = stage_times(committed_metrics(stage, args.against))
+            except TinyGptError:
+                baseline[stage] = {}
+    print(times_table(profiles, baseline))
+    return 0
+
+
 def cmd_outs(args: argparse.Namespace) -> int:
     print(json.dumps(stage_out_hashes(args.stage), indent=2, sort_keys=True))
     return 0
@@ -133,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = commands.add_parser("metrics", help="compare the headline metrics with a commit's")
     metrics.add_argument("--against", default="HEAD", help="git revision holding the reference metrics")
     metrics.set_defaults(handler=cmd_metrics)
+    times = commands.add_parser("times", help="print every stage's time profile (seconds per phase) as a table")
+    times.add_argument("--against", help="git revision whose stage totals to show beside (and the ratio)")
+    times.set_defaults(handler=cmd_times)
     outs = commands.add_parser("outs", help="print a stage's output hashes from dvc.lock")
     outs.add_argument("stage")
     outs.set_defaults(handler=cmd_outs)

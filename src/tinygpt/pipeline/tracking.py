@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+from tinygpt.core import timing
 from tinygpt.core.errors import TinyGptError
 from tinygpt.core.io import process_alive
 from tinygpt.pipeline import paths
@@ -279,9 +280,10 @@ class StageRun:
         from mlflow.entities import DatasetInput, InputTag
 
         name = paths.DATASET_NAMES.get(Path(path), Path(path).name)
-        dataset = MetaDataset(LocalArtifactDatasetSource(Path(path).as_posix()), name=name, digest=md5_digest(path))
-        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-        with_retry(lambda: self.mlflow_client.log_inputs(self.run_id, datasets=[entity]))
+        with timing.phase("logging"):
+            dataset = MetaDataset(LocalArtifactDatasetSource(Path(path).as_posix()), name=name, digest=md5_digest(path))
+            entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
+            with_retry(lambda: self.mlflow_client.log_inputs(self.run_id, datasets=[entity]))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.mlflow_client.log_text(self.run_id, text, artifact_file)
@@ -290,12 +292,16 @@ class StageRun:
         self.mlflow_client.log_dict(self.run_id, obj, artifact_file)
 
     def finish(self, metrics: dict[str, Any], artifacts: list[str | Path] = ()) -> dict[str, Any]:
-        """Log the final metrics and artifacts; return the metrics with this run's id added."""
-        self.log_metrics(metrics)
-        self.flush()
-        for artifact in artifacts:
-            self.log_artifact(artifact)
-        return {**metrics, "mlflow_run_id": self.run_id}
+        """Log the final metrics and artifacts, then the stage's time profile (`time`: start-up and each
+        phase, in seconds); return the metrics with the profile and this run's id added."""
+        with timing.phase("logging"):
+            self.log_metrics(metrics)
+            self.flush()
+            for artifact in artifacts:
+                self.log_artifact(artifact)
+        profile = {"time": timing.profile().summary()}
+        self.log_metrics(profile)
+        return {**metrics, **profile, "mlflow_run_id": self.run_id}
 
 
 def process_tags() -> dict[str, str]:
@@ -343,6 +349,34 @@ class UntrackedRun(StageRun):
         pass
 
 
+def open_stage_run(stage: str, params: dict[str, Any], settings: TrackingParams, run_name: str | None,
+                   tags: dict[str, str] | None, system_metrics: bool) -> StageRun | None:
+    """Create the stage's MLflow run, make it the active run and log its params (None: untracked)."""
+    import mlflow
+
+    mlflow_client = open_client(settings.required)
+    if mlflow_client is None:
+        return None
+    exp_id = experiment_id(mlflow_client, settings.experiment)
+    close_dead_runs(mlflow_client, exp_id, stage)
+    all_tags = {"stage": stage, "mlflow.runName": run_name or stage, **source_tags(stage), **process_tags(),
+                **(tags or {})}
+    if os.environ.get("DVC_EXP_NAME"):
+        all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    mlflow_run = with_retry(
+        lambda: mlflow_client.create_run(exp_id, tags=all_tags, run_name=run_name or stage)
+    )
+    run = StageRun(mlflow_client, mlflow_run.info.run_id, stage)
+    mlflow.set_tracking_uri(tracking_uri())
+    with_retry(lambda: mlflow.start_run(run_id=run.run_id, log_system_metrics=system_metrics))
+    try:
+        run.log_params(params)
+    except BaseException:
+        with_retry(lambda: mlflow.end_run("FAILED"))
+        raise
+    return run
+
+
 @contextmanager
 def stage_run(
     stage: str,
@@ -359,27 +393,15 @@ def stage_run(
     The run is also MLflow's active run, so fluent calls (logging a model) land in it; with
     `system_metrics`, MLflow samples CPU and memory use into it every 10 s while the stage runs (the
     interval is MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)."""
-    import mlflow
-
-    mlflow_client = open_client(settings.required)
-    if mlflow_client is None:
+    with timing.phase("logging"):
+        run = open_stage_run(stage, params, settings, run_name, tags, system_metrics)
+    if run is None:
         yield UntrackedRun(stage)
         return
-    exp_id = experiment_id(mlflow_client, settings.experiment)
-    close_dead_runs(mlflow_client, exp_id, stage)
-    all_tags = {"stage": stage, "mlflow.runName": run_name or stage, **source_tags(stage), **process_tags(),
-                **(tags or {})}
-    if os.environ.get("DVC_EXP_NAME"):
-        all_tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
-    mlflow_run = with_retry(
-        lambda: mlflow_client.create_run(exp_id, tags=all_tags, run_name=run_name or stage)
-    )
-    run = StageRun(mlflow_client, mlflow_run.info.run_id, stage)
-    mlflow.set_tracking_uri(tracking_uri())
-    with_retry(lambda: mlflow.start_run(run_id=run.run_id, log_system_metrics=system_metrics))
+    import mlflow
+
     status = "FAILED"
     try:
-        run.log_params(params)
         yield run
         run.flush()
         status = "FINISHED"

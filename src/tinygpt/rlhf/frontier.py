@@ -8,12 +8,11 @@ headline, so the choice cannot flatter them.
 from __future__ import annotations
 
 import copy
-import time
 from typing import Callable
 
 import pandas as pd
 
-from tinygpt.core import figures
+from tinygpt.core import figures, timing
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf.best_of_n import gold_gain_at
 from tinygpt.rlhf.heldout import EvalTask, Evaluation, change, evaluate_policy
@@ -48,17 +47,19 @@ class FrontierTracker:
     and keeps a copy of the model at the point `select_point` picks so far (step 0 is the reference)."""
 
     def __init__(self, ref: GPT, task: EvalTask, log: Callable[[int, dict], None] = lambda step, metrics: None):
-        started = time.perf_counter()
         self.ref, self.task, self.log = ref, task, log
         self.kl_budget, self.perplexity_budget = task.heldout_params.kl_budget, task.heldout_params.perplexity_budget
-        self.reference = evaluate_policy(ref, ref, task)
+        with timing.phase("evaluation"):
+            self.reference = evaluate_policy(ref, ref, task)
         self.rows = frontier_rows(0, self.reference, self.reference)
         self.selected_step, self.selected_model, self.selected = 0, copy.deepcopy(ref), self.reference
         self.last_step, self.last = 0, self.reference
-        self.seconds = time.perf_counter() - started  # evaluation time, so the caller can tell it from training's
 
     def add(self, step: int, model: GPT) -> None:
-        started = time.perf_counter()
+        with timing.phase("evaluation"):  # inside training: the stage's time profile tells the two apart
+            self._add(step, model)
+
+    def _add(self, step: int, model: GPT) -> None:
         evaluation = evaluate_policy(model, self.ref, self.task)
         rows = frontier_rows(step, self.reference, evaluation)
         self.rows += rows
@@ -67,7 +68,6 @@ class FrontierTracker:
             self.selected_step, self.selected_model, self.selected = step, copy.deepcopy(model), evaluation
         self.log(step, {f"heldout_{row['set']}_{key}": row[key] for row in rows
                         for key in ("kl", "gold_gain", "proxy_gain", "val_perplexity_relative")})
-        self.seconds += time.perf_counter() - started
 
     def table(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows)
