@@ -43,7 +43,7 @@ from tinygpt.data import tokenizer
 from tinygpt.data.corpus_tokens import TokenFiles, tokenize_corpus
 from tinygpt.data.tokens import read_offsets, read_tokens, split_tokens, write_tokens
 from tinygpt.model.config import GPTConfig, preset
-from tinygpt.model.shortlist import TrainVocabulary
+from tinygpt.model.shortlist import CompactVocabulary
 from tinygpt.pipeline import paths
 from tinygpt.pipeline.sections import load_named
 from tinygpt.train.config import TrainParams
@@ -124,7 +124,7 @@ def pretrain_phase(sections: types.SimpleNamespace, split: Split, device: torch.
         config, p = dataclasses.replace(config, **TINY_MODEL), dataclasses.replace(p, **TINY_TRAIN)
     rows = config.vocab_size
     if p.shortlist_vocab:
-        rows = TrainVocabulary.of(read_tokens(split.train), config.vocab_size).compact_size
+        rows = CompactVocabulary.of_tokens(read_tokens(split.train), config.vocab_size).n_rows
     return Phase("pretrain", config, p, ComputeParams(device.type, sections.compute.precision), rows)
 
 

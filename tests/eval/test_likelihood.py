@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.core.modes import eval_mode
-from tinygpt.eval.likelihood import (bits_per_byte, even_segments, split_nll,
-                                     windows)
+from tinygpt.eval.likelihood import bits_per_byte, even_segments, split_nll, val_nll, windows
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
+from tinygpt.model.shortlist import ShortlistGPT, CompactVocabulary
 
 CONTEXT = 16
 
@@ -154,3 +154,19 @@ def test_even_segments():
     assert even_segments(1000, 1000, 8) == [(0, 1000)]
     segs = even_segments(1000, 400, 4)
     assert segs == [(0, 100), (300, 400), (600, 700), (900, 1000)]
+
+
+def test_val_nll_equals_plain_chunks_through_the_compact_head():
+    """The RLHF stages' fast val NLL: non-overlapping windows, a shorter last one, through the compact head
+    (the model has shared embedding rows), against cross-entropy over plain chunks of the full logits."""
+    torch.manual_seed(0)
+    config = GPTConfig(vocab_size=300, block_size=CONTEXT, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    model = ShortlistGPT(config, CompactVocabulary.of_tokens(np.arange(100), 300)).to_full().eval()  # shared rows
+    tokens = np.random.default_rng(0).integers(0, 300, CONTEXT * 5 + 7)  # a shorter last window, unseen ids too
+    ids = torch.from_numpy(tokens)
+    with torch.no_grad():
+        chunks = [ids[i : i + CONTEXT + 1] for i in range(0, len(ids) - 1, CONTEXT)]
+        expected = sum(F.cross_entropy(model(c[None, :-1])[0][0], c[1:], reduction="sum").item() for c in chunks)
+    assert val_nll(model, tokens, "fp32", batch_size=2) == pytest.approx(expected / (len(ids) - 1), abs=1e-5)
+    assert val_nll(model, tokens, "fp32") == pytest.approx(split_nll(model, tokens, CONTEXT, CONTEXT, 4).mean_nll,
+                                                          abs=1e-5)

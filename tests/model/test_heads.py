@@ -6,7 +6,7 @@ import torch
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import CompactHead, FullHead, output_head
-from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary
+from tinygpt.model.shortlist import ShortlistGPT, CompactVocabulary
 
 CONFIG = GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
 
@@ -14,7 +14,7 @@ CONFIG = GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=32
 def model_with_shared_rows():
     """A full GPT expanded from the compact vocabulary: ids 120..299 share one embedding row."""
     torch.manual_seed(0)
-    vocab = TrainVocabulary.of(np.random.default_rng(0).integers(0, 120, 4000), 300)
+    vocab = CompactVocabulary.of_tokens(np.random.default_rng(0).integers(0, 120, 4000), 300)
     return ShortlistGPT(CONFIG, vocab).to_full().eval()
 
 
@@ -33,7 +33,7 @@ def test_logprobs_and_entropy_at_a_temperature_are_those_of_the_softmax():
 def test_compact_head_has_one_row_per_distinct_embedding_and_the_full_heads_gradient():
     model = model_with_shared_rows()
     compact = CompactHead.of(model)
-    assert len(compact.rows) == 121 and compact.log_counts.exp().sum().item() == pytest.approx(300)
+    assert len(compact.rows) == 121 and compact.vocab.log_counts.exp().sum().item() == pytest.approx(300)
     ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(2))
     grads = []
     for head in (FullHead(model), compact):

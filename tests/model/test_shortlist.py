@@ -11,7 +11,7 @@ from tinygpt.core.compute import ComputeParams
 from tinygpt.core.errors import ParamsError
 from tinygpt.data.tokens import write_tokens
 from tinygpt.model.config import GPTConfig
-from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary, good_turing_unseen_mass
+from tinygpt.model.shortlist import ShortlistGPT, CompactVocabulary, good_turing_unseen_mass
 from tinygpt.train.config import TrainParams
 from tinygpt.train.loop import train
 
@@ -23,7 +23,7 @@ TRAIN_IDS = np.random.default_rng(0).integers(0, 120, 4000)  # ids 120..299 neve
 def compact(request):
     """The compact model, and the same with a random logit bias (model.logit_bias), which expands too."""
     torch.manual_seed(0)
-    model = ShortlistGPT(dataclasses.replace(CONFIG, logit_bias=request.param), TrainVocabulary.of(TRAIN_IDS, 300))
+    model = ShortlistGPT(dataclasses.replace(CONFIG, logit_bias=request.param), CompactVocabulary.of_tokens(TRAIN_IDS, 300))
     if request.param:
         with torch.no_grad():
             model.gpt.lm_head.bias.normal_()
@@ -38,13 +38,14 @@ def batch_with_unseen_tokens():
 
 
 def test_vocabulary_maps_seen_tokens_in_order_and_unseen_ones_to_the_shared_row():
-    vocab = TrainVocabulary.of(np.array([5, 2, 5, 9]), 12)
-    assert vocab.seen.tolist() == [2, 5, 9] and vocab.n_unseen == 9 and vocab.compact_size == 4
-    assert vocab.compact_ids().tolist() == [3, 3, 0, 3, 3, 1, 3, 3, 3, 2, 3, 3]
-    everything = TrainVocabulary.of(np.arange(12), 12)
-    assert everything.n_unseen == 0 and everything.compact_size == 12
+    vocab = CompactVocabulary.of_tokens(np.array([5, 2, 5, 9]), 12)
+    assert vocab.n_shared == 9 and vocab.n_rows == 4 and vocab.counts.tolist() == [1, 1, 1, 9]
+    assert vocab.row_of_id.tolist() == [3, 3, 0, 3, 3, 1, 3, 3, 3, 2, 3, 3]
+    assert vocab.representatives().tolist() == [2, 5, 9, 0]
+    everything = CompactVocabulary.of_tokens(np.arange(12), 12)
+    assert everything.n_shared == 0 and everything.n_rows == 12
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        TrainVocabulary.of(np.array([1, 12]), 12)
+        CompactVocabulary.of_tokens(np.array([1, 12]), 12)
 
 
 def test_good_turing_mass_is_the_fraction_of_tokens_seen_once():
@@ -65,7 +66,7 @@ def test_compact_log_probabilities_are_the_full_ones(compact):
     compact_logits, _ = compact(x)
     full_logits, _ = compact.to_full().eval()(x)
     compact_lp, full_lp = compact_logits.log_softmax(-1), full_logits.log_softmax(-1)
-    seen = torch.from_numpy(compact.vocab.seen)
+    seen = compact.vocab.representatives()[:-1]  # the ids with a row of their own
     torch.testing.assert_close(full_lp[..., seen], compact_lp[..., :-1], atol=1e-5, rtol=1e-5)
     # Every unseen token has the same probability: the class's, shared by 180 tokens.
     unseen = torch.arange(120, 300)
@@ -86,7 +87,7 @@ def test_expansion_gives_every_unseen_token_the_shared_row(compact):
 
 def test_unseen_smoothing_moves_target_mass_to_the_unseen_class_in_training_only():
     torch.manual_seed(0)
-    smoothed = ShortlistGPT(CONFIG, TrainVocabulary.of(TRAIN_IDS, 300), unseen_smoothing=0.1)
+    smoothed = ShortlistGPT(CONFIG, CompactVocabulary.of_tokens(TRAIN_IDS, 300), unseen_smoothing=0.1)
     x, y = batch_with_unseen_tokens()
     y = y.clamp(min=0) % 120  # seen targets only, as in training
     smoothed.eval()
@@ -136,7 +137,7 @@ def test_training_steps_follow_the_full_gpt_whose_unseen_rows_start_equal(kind):
     from tinygpt.train.optim import build_optimizer
 
     torch.manual_seed(0)
-    compact = ShortlistGPT(CONFIG, TrainVocabulary.of(TRAIN_IDS, 300)).train()
+    compact = ShortlistGPT(CONFIG, CompactVocabulary.of_tokens(TRAIN_IDS, 300)).train()
     full = compact.to_full().train()
     p = TrainParams(learning_rate=3e-3, weight_decay=0.1, muon_weight_decay=0.1, grad_clip=0.5, optimizer=kind)
     optimizers = [build_optimizer(m, p, torch.device("cpu")) for m in (compact, full)]
@@ -159,3 +160,13 @@ def test_training_steps_follow_the_full_gpt_whose_unseen_rows_start_equal(kind):
         # the two runs stay within a fraction of one step (an element of a Muon step is ~lr/3 here).
         atol = p.learning_rate / (2 if kind == "muon" else 20)
         torch.testing.assert_close(compact.to_full().state_dict()[name], value, atol=atol, rtol=0)
+
+
+def test_the_map_read_back_from_an_expanded_embedding_is_the_training_one():
+    """CompactHead's map (equal rows of the full embedding) and pretraining's (the ids training uses)
+    are the same map: rows in a different order, the same ids together."""
+    expanded = ShortlistGPT(CONFIG, CompactVocabulary.of_tokens(TRAIN_IDS, 300)).to_full()
+    trained, found = CompactVocabulary.of_tokens(TRAIN_IDS, 300), CompactVocabulary.of_embedding(expanded.lm_head.weight)
+    assert found.n_rows == trained.n_rows and found.n_shared == trained.n_shared
+    pairs = set(zip(trained.row_of_id.tolist(), found.row_of_id.tolist()))
+    assert len(pairs) == trained.n_rows  # one-to-one between the two maps' rows

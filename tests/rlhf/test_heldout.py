@@ -1,12 +1,8 @@
-"""Held-out evaluation: standard errors by prompt, paired gains, and the fast val NLL."""
+"""Held-out evaluation: standard errors by prompt and paired gains."""
 import numpy as np
 import pytest
-import torch
 
-from tinygpt.eval.likelihood import split_nll
-from tinygpt.model.config import GPTConfig
-from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary
-from tinygpt.rlhf.heldout import Evaluation, HeldOut, change, val_nll
+from tinygpt.rlhf.heldout import Evaluation, HeldOut, change
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -26,12 +22,3 @@ def test_standard_errors_are_across_prompts_and_gains_are_paired():
     gains = change(before, after, "report")
     assert gains["oracle_mean"] == pytest.approx(1.25) and gains["oracle_se"] == pytest.approx(0.25)
     assert gains["val_perplexity_relative"] == pytest.approx(np.exp(0.1) - 1)
-
-
-def test_val_nll_is_split_nll_in_non_overlapping_windows():
-    torch.manual_seed(0)
-    config = GPTConfig(vocab_size=300, block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
-    model = ShortlistGPT(config, TrainVocabulary.of(np.arange(100), 300)).to_full().eval()  # shared rows
-    tokens = np.random.default_rng(0).integers(0, 300, 16 * 5 + 7)  # a shorter last window, unseen ids too
-    expected = split_nll(model, tokens, 16, 16, batch_size=4).mean_nll
-    assert val_nll(model, tokens, "fp32", batch_size=2) == pytest.approx(expected, abs=1e-5)

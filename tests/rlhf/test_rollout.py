@@ -4,7 +4,7 @@ import torch
 from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.rlhf.rollout import (Rollout, response_mask, rollout_logprobs,
+from tinygpt.rlhf.rollout import (Rollout, response_mask, token_logprobs,
                                   sample, sample_in_batches)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -36,7 +36,7 @@ def test_sample_is_seeded_and_log_probs_are_those_of_the_sampling_distribution()
     assert torch.equal(a.sequences, b.sequences) and a.sequences.shape == (3, 10)
     assert torch.equal(a.sequences[:, :4], prompts)
     # the log-prob of each sampled token, recomputed from the full sequence, matches a step-by-step one
-    logp = rollout_logprobs(model, a, temperature=0.7)
+    logp = token_logprobs(model, a.sequences, a.prompt_len, temperature=0.7)
     with torch.no_grad():
         step_logits = model(a.sequences[:, :5])[0][:, -1, :]
     expected = torch.log_softmax(step_logits / 0.7, dim=-1).gather(1, a.sequences[:, 5:6]).squeeze(1)

@@ -69,7 +69,7 @@ def tokenize_corpus(text_path: Path, document_starts: np.ndarray, encoding: tikt
     threads = threads or len(os.sched_getaffinity(0))
     writer = StreamWriter(out, dtype, encoding.n_vocab)
     with writer, tqdm(total=len(raw), unit="B", unit_scale=True, desc="tokenize", disable=not progress) as bar:
-        for batch in batches(raw, document_starts, chunk_bytes):
+        for batch in piece_batches(raw, document_starts, chunk_bytes):
             texts = [decoded(raw, start, end, text_path) for start, end, _ in batch]
             for (start, end, ends_document), ids in zip(batch, encoding.encode_ordinary_batch(texts, num_threads=threads)):
                 writer.add(np.asarray(ids, dtype=np.int64), raw[start:end], lengths)
@@ -90,7 +90,7 @@ def decoded(raw: np.ndarray, start: int, end: int, text_path: Path) -> str:
                            "rerun `dvc repro download`, which checks the corpus") from err
 
 
-def batches(raw: np.ndarray, document_starts: np.ndarray, chunk_bytes: int) -> Iterator[list[tuple[int, int, bool]]]:
+def piece_batches(raw: np.ndarray, document_starts: np.ndarray, chunk_bytes: int) -> Iterator[list[tuple[int, int, bool]]]:
     """Lists of pieces (start, end, whether the piece ends its document) totalling about chunk_bytes."""
     batch, size = [], 0
     for doc_start, doc_end in zip(document_starts[:-1].tolist(), document_starts[1:].tolist()):

@@ -52,7 +52,7 @@ def download_corpus(
                 check_utf8_text(tmp, source)
             return DownloadResult(out_path, source, digest, n_bytes, failures + [f"{source}: ok"])
         except (DownloadError, OSError, ValueError, http.client.HTTPException) as err:
-            failures.append(f"{source}: {describe(err, timeout_s)}")
+            failures.append(f"{source}: {failure_reason(err, timeout_s)}")
     raise DownloadError(
         "could not fetch the corpus; tried:\n  - "
         + "\n  - ".join(failures)
@@ -102,7 +102,7 @@ def check_utf8_text(path: Path, source: str) -> None:
         raise DownloadError(f"not UTF-8 text (byte {err.start}: {err.reason})") from err
 
 
-def describe(err: BaseException, timeout_s: float) -> str:
+def failure_reason(err: BaseException, timeout_s: float) -> str:
     """One line a user can act on, for the usual network and file failures."""
     timed_out = f"timed out after {timeout_s:g} s without data (a slow server needs a larger data.timeout_s)"
     if isinstance(err, urllib.error.HTTPError):

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode
 from tinygpt.model.gpt import GPT
+from tinygpt.model.heads import output_head
 
 # Rows of fp32 logits formed at once, whatever the batch and context: 256 x 50257 x 4 bytes ~ 51 MB.
 # Small enough that the allocator reuses the buffers; chunks of 400 MB+ came fresh from the OS each time
@@ -144,7 +145,7 @@ def row_chunks(n_rows: int, rows: int | None = None) -> Iterator[slice]:
         yield slice(begin, min(begin + rows, n_rows))
 
 
-def batches(all_windows: list[Window], batch_size: int) -> Iterator[list[Window]]:
+def window_batches(all_windows: list[Window], batch_size: int) -> Iterator[list[Window]]:
     """Consecutive windows of equal length, at most batch_size at a time (a batch is one tensor)."""
     batch: list[Window] = []
     for window in all_windows:
@@ -197,7 +198,7 @@ def split_nll(
     bar = tqdm(total=n_scored, unit="tok", desc=progress if isinstance(progress, str) else "nll",
                disable=not progress, leave=False)
     with eval_mode(model), torch.inference_mode():
-        for batch in batches(all_windows, batch_size):
+        for batch in window_batches(all_windows, batch_size):
             x, y, mask = window_tensors(tokens, batch, device)
             with autocast(device, precision):
                 hidden = model.hidden_states(x)[mask]  # (scored rows, n_embd), in text order
@@ -217,6 +218,23 @@ def split_nll(
         hidden=torch.cat(hidden_parts) if keep_hidden else None,
         targets=torch.cat(target_parts) if keep_hidden else None,
     )
+
+
+@torch.no_grad()
+def val_nll(model: GPT, tokens: np.ndarray, precision: str, batch_size: int = 16) -> float:
+    """Mean NLL of `tokens` in non-overlapping windows of the model's context: split_nll's mean without its
+    per-position statistics, through the compact output head where the embedding allows (15x cheaper, so
+    the RLHF stages can evaluate it at every point)."""
+    device = next(model.parameters()).device
+    head = output_head(model, compact=True)
+    all_windows = windows(len(tokens), model.config.block_size, model.config.block_size)
+    total = 0.0
+    with eval_mode(model):
+        for batch in window_batches(all_windows, batch_size):
+            x, y, _ = window_tensors(tokens, batch, device)  # non-overlapping: every target is scored
+            with autocast(device, precision):
+                total -= head.logprobs(model.hidden_states(x), y).sum().item()
+    return total / sum(w.n_new for w in all_windows)
 
 
 def even_segments(n_tokens: int, sample_tokens: int, n_segments: int) -> list[tuple[int, int]]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from tinygpt.model.generate import sample_softmax
 from tinygpt.model.gpt import GPT
+from tinygpt.model.shortlist import CompactVocabulary
 
 
 class FullHead:
@@ -46,21 +47,18 @@ class FullHead:
 
 
 class CompactHead(FullHead):
-    """The same log-probs over the distinct rows of a frozen tied embedding.
+    """The same log-probs over the distinct rows of a frozen tied embedding: pretraining's map
+    (shortlist.CompactVocabulary), read back from the rows that are equal.
 
     A row shared by n tokens enters the softmax once with log(n) added to its logit (n equal terms
     exp(z) sum to exp(z + log n)); one of those tokens then has that row's probability divided by n. The
     same holds with a logit bias that is equal across each row's tokens (`of` checks): the row adds it.
     """
 
-    def __init__(self, model: GPT, rows: torch.Tensor, row_of_id: torch.Tensor, counts: torch.Tensor):
+    def __init__(self, model: GPT, vocab: CompactVocabulary):
         super().__init__(model)
-        self.rows = rows  # (distinct rows, n_embd), a frozen copy
-        self.row_of_id = row_of_id  # token id -> its row
-        self.counts = counts
-        self.log_counts = counts.float().log()  # log(tokens sharing each row)
-        self.ids_by_row = torch.argsort(row_of_id, stable=True)  # each row's token ids, one row after another
-        self.first_of_row = counts.cumsum(0) - counts  # where a row's ids start in ids_by_row
+        self.vocab = vocab
+        self.rows = model.lm_head.weight[vocab.representatives()].detach().clone()  # (rows, n_embd), frozen
 
     @classmethod
     @torch.no_grad()
@@ -70,13 +68,13 @@ class CompactHead(FullHead):
         The rows are copied now: the caller must keep the embedding frozen (finetune.freeze_embeddings),
         or the compact head would go on scoring the old rows.
         """
-        weight, bias = model.lm_head.weight, model.lm_head.bias
-        rows, row_of_id, counts = torch.unique(weight, dim=0, return_inverse=True, return_counts=True)
-        if len(rows) * min_saving > len(weight):
+        vocab = CompactVocabulary.of_embedding(model.lm_head.weight)
+        if vocab.n_rows * min_saving > vocab.vocab_size:
             return None
-        if bias is not None and not equal_within_rows(bias, row_of_id, len(rows)):
+        bias = model.lm_head.bias
+        if bias is not None and not equal_within_rows(bias, vocab.row_of_id, vocab.n_rows):
             return None  # tokens of one row with different biases: only the full head is exact
-        return cls(model, rows.detach().clone(), row_of_id, counts)
+        return cls(model, vocab)
 
     def _scaled(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
         """Logits over the distinct rows, log-counts added: their logsumexp is the full vocabulary's."""
@@ -84,7 +82,7 @@ class CompactHead(FullHead):
         bias = self.row_bias()
         logits = logits if bias is None else logits + bias
         logits = logits if temperature == 1.0 else logits / temperature
-        return logits + self.log_counts
+        return logits + self.vocab.log_counts
 
     def row_bias(self) -> torch.Tensor | None:
         """Each row's logit bias (fp32): the mean over its tokens, so each of them gets 1/n of the row's
@@ -92,17 +90,18 @@ class CompactHead(FullHead):
         bias = self.model.lm_head.bias
         if bias is None:
             return None
-        summed = torch.zeros(len(self.counts), device=bias.device).index_add(0, self.row_of_id, bias.float())
-        return summed / self.counts
+        vocab = self.vocab
+        summed = torch.zeros(vocab.n_rows, device=bias.device).index_add(0, vocab.row_of_id, bias.float())
+        return summed / vocab.counts
 
     def logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        rows = self.row_of_id[ids]
-        return super().logprobs(hidden, rows, temperature) - self.log_counts[rows]
+        rows = self.vocab.row_of_id[ids]
+        return super().logprobs(hidden, rows, temperature) - self.vocab.log_counts[rows]
 
     def entropy(self, hidden: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         logp_rows = F.log_softmax(self._scaled(hidden, temperature), dim=-1)
         # each of a row's n tokens has log-prob logp_row - log n, and together they carry p_row
-        return -(logp_rows.exp() * (logp_rows - self.log_counts)).sum(dim=-1)
+        return -(logp_rows.exp() * (logp_rows - self.vocab.log_counts)).sum(dim=-1)
 
     def sample(self, hidden: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
         """Inverse-CDF sampling over the rows with one uniform per row of `hidden`, as sample_softmax does;
@@ -112,9 +111,9 @@ class CompactHead(FullHead):
         row = torch.searchsorted(cdf, u, right=True).clamp_max(cdf.size(-1) - 1)
         low = torch.where(row > 0, cdf.gather(1, (row - 1).clamp_min(0)), torch.zeros_like(u))
         within = (u - low) / (cdf.gather(1, row) - low).clamp_min(1e-30)  # uniform in [0, 1) inside the row
-        count = self.counts[row]
+        count = self.vocab.counts[row]
         member = torch.minimum((within.clamp_min(0) * count).long(), count - 1)
-        return self.ids_by_row[self.first_of_row[row] + member].squeeze(-1)
+        return self.vocab.ids_by_row[self.vocab.first_of_row[row] + member].squeeze(-1)
 
 
 def equal_within_rows(bias: torch.Tensor, row_of_id: torch.Tensor, n_rows: int) -> bool:

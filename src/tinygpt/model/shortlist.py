@@ -15,8 +15,8 @@ target's weight goes to "some unseen token" (label smoothing aimed at the unseen
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -27,34 +27,63 @@ from tinygpt.model.gpt import GPT, ParamCounts
 
 
 @dataclass(frozen=True)
-class TrainVocabulary:
-    """The token ids that occur in the training split (sorted) and how many of the vocabulary do not."""
+class CompactVocabulary:
+    """Which embedding row each vocabulary id uses when ids share rows: the one map that pretraining
+    (ShortlistGPT) and the finetuning heads (tinygpt.model.heads.CompactHead) take their softmax over."""
 
-    seen: np.ndarray  # int64, sorted
-    vocab_size: int
+    row_of_id: torch.Tensor  # (vocab_size,) int64: id -> its row
+    counts: torch.Tensor  # (rows,) int64: how many ids share each row
 
     @classmethod
-    def of(cls, tokens: np.ndarray, vocab_size: int) -> "TrainVocabulary":
-        counts = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)
-        if len(counts) > vocab_size:
-            raise ValueError(f"token id {len(counts) - 1} is outside the vocabulary of {vocab_size}; "
+    def of_tokens(cls, tokens: np.ndarray, vocab_size: int) -> "CompactVocabulary":
+        """A row per id the training split uses, in id order, and one last row shared by all the others."""
+        used = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)
+        if len(used) > vocab_size:
+            raise ValueError(f"token id {len(used) - 1} is outside the vocabulary of {vocab_size}; "
                              "the token file does not match model.vocab_size")
-        return cls(np.flatnonzero(counts), vocab_size)
+        seen = torch.from_numpy(np.flatnonzero(used))
+        row_of_id = torch.full((vocab_size,), len(seen), dtype=torch.long)
+        row_of_id[seen] = torch.arange(len(seen))
+        return cls(row_of_id, torch.bincount(row_of_id))
+
+    @classmethod
+    @torch.no_grad()
+    def of_embedding(cls, weight: torch.Tensor) -> "CompactVocabulary":
+        """The ids whose rows of a (vocab_size, n_embd) embedding are exactly equal share one row."""
+        _, row_of_id, counts = torch.unique(weight, dim=0, return_inverse=True, return_counts=True)
+        return cls(row_of_id, counts)
 
     @property
-    def n_unseen(self) -> int:
-        return self.vocab_size - len(self.seen)
+    def vocab_size(self) -> int:
+        return len(self.row_of_id)
 
     @property
-    def compact_size(self) -> int:
-        """Rows of the compact embedding: one per seen token, plus the shared row when any are unseen."""
-        return len(self.seen) + (1 if self.n_unseen else 0)
+    def n_rows(self) -> int:
+        return len(self.counts)
 
-    def compact_ids(self) -> torch.Tensor:
-        """Full id -> compact row: seen tokens in order, every unseen token to the last (shared) row."""
-        table = torch.full((self.vocab_size,), len(self.seen), dtype=torch.long)
-        table[torch.from_numpy(self.seen)] = torch.arange(len(self.seen))
-        return table
+    @property
+    def n_shared(self) -> int:
+        """Ids in rows that more than one id uses (the tokens training never saw)."""
+        return int(self.counts[self.counts > 1].sum())
+
+    @cached_property
+    def log_counts(self) -> torch.Tensor:
+        """log(ids sharing each row), fp32: the amount a row's logit stands for in the full softmax."""
+        return self.counts.double().log().float()
+
+    @cached_property
+    def ids_by_row(self) -> torch.Tensor:
+        """Every id, grouped by row in row order (each row's ids in id order)."""
+        return torch.argsort(self.row_of_id, stable=True)
+
+    @cached_property
+    def first_of_row(self) -> torch.Tensor:
+        """Where each row's ids start in ids_by_row."""
+        return self.counts.cumsum(0) - self.counts
+
+    def representatives(self) -> torch.Tensor:
+        """One id per row (its smallest), to read each row's embedding from the full table."""
+        return self.ids_by_row[self.first_of_row]
 
 
 def good_turing_unseen_mass(tokens: np.ndarray) -> float:
@@ -71,29 +100,25 @@ class ShortlistGPT(nn.Module):
     compact rows. In training mode the loss is the smoothed objective; in eval mode, the plain NLL.
     """
 
-    def __init__(self, config: GPTConfig, vocab: TrainVocabulary, unseen_smoothing: float = 0.0):
+    def __init__(self, config: GPTConfig, vocab: CompactVocabulary, unseen_smoothing: float = 0.0):
         super().__init__()
         if vocab.vocab_size != config.vocab_size:
             raise ValueError(f"vocabulary of {vocab.vocab_size} tokens for a model of {config.vocab_size}")
         self.config = config  # the full model's: block size, vocabulary, width
         self.vocab = vocab
-        self.unseen_smoothing = unseen_smoothing if vocab.n_unseen else 0.0
-        self.gpt = GPT(replace(config, vocab_size=vocab.compact_size))
-        self.register_buffer("compact_ids", vocab.compact_ids(), persistent=False)
+        shared = vocab.n_shared > 0
+        self.unseen_smoothing = unseen_smoothing if shared else 0.0
+        self.gpt = GPT(replace(config, vocab_size=vocab.n_rows))
+        self.register_buffer("compact_ids", vocab.row_of_id.clone(), persistent=False)
         # log(n) on the shared row's logit stands for its n identical copies in the full softmax.
-        offset = torch.zeros(vocab.compact_size)
-        if vocab.n_unseen:
-            offset[-1] = math.log(vocab.n_unseen)
-        self.register_buffer("logit_offset", offset, persistent=False)
-        self.unseen_row = len(vocab.seen) if vocab.n_unseen else -1
-        if vocab.n_unseen:
+        self.register_buffer("logit_offset", vocab.log_counts, persistent=False)
+        self.unseen_row = vocab.n_rows - 1 if shared else -1  # of_tokens puts the shared row last
+        if shared:
             # The shared row's gradient is the sum of n identical per-row gradients, sqrt(n) times the
             # norm those rows would add to the full model's global gradient norm. Scaled back, clipping
             # sees the full model's norm and AdamW (blind to a tensor's scale) takes the full model's
             # step: training follows the full GPT whose unseen rows start equal, step for step.
-            scale = torch.ones(vocab.compact_size, 1)
-            scale[-1] = 1 / math.sqrt(vocab.n_unseen)
-            self.register_buffer("grad_scale", scale, persistent=False)
+            self.register_buffer("grad_scale", (1 / vocab.counts.double().sqrt()).float()[:, None], persistent=False)
             self.gpt.transformer.wte.weight.register_hook(lambda grad: grad * self.grad_scale)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
@@ -110,7 +135,7 @@ class ShortlistGPT(nn.Module):
         nll = log_z - flat.gather(1, rows[:, None]).squeeze(1)
         if self.unseen_row >= 0:
             # An unseen target is one of n equally likely tokens of its class: log(n) more than the class.
-            nll = nll + (rows == self.unseen_row) * self.logit_offset[-1]
+            nll = nll + self.logit_offset[rows]
             if self.training and self.unseen_smoothing > 0:
                 class_nll = log_z - flat[:, self.unseen_row]
                 nll = (1 - self.unseen_smoothing) * nll + self.unseen_smoothing * class_nll
@@ -121,7 +146,7 @@ class ShortlistGPT(nn.Module):
         """The expanded GPT's counts: each unseen token adds one embedding row (and logit bias)."""
         compact = self.gpt.param_counts()
         per_token = self.config.n_embd + (1 if self.config.logit_bias else 0)  # its embedding row and bias
-        extra_rows = (self.config.vocab_size - self.vocab.compact_size) * per_token
+        extra_rows = (self.config.vocab_size - self.vocab.n_rows) * per_token
         return ParamCounts(total=compact.total + extra_rows, non_embedding=compact.non_embedding)
 
     @torch.no_grad()

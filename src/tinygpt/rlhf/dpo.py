@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 
-from tinygpt.core.device import autocast
 from tinygpt.core.errors import TinyGptError
 from tinygpt.core.modes import eval_mode
 from tinygpt.data.batches import RandomWindows
@@ -30,7 +29,7 @@ from tinygpt.model.heads import FullHead, output_head
 from tinygpt.rlhf.config import DpoParams
 from tinygpt.rlhf.finetune import finetuning_optimizer, freeze_embeddings, ptx_loss
 from tinygpt.rlhf.reward_model import lr_factor, pad_sequences
-from tinygpt.rlhf.rollout import action_hidden
+from tinygpt.rlhf.rollout import token_logprobs
 
 
 class PairDataError(TinyGptError):
@@ -95,18 +94,6 @@ def continuation_mask(last: torch.Tensor, prompt_len: int, width: int) -> torch.
     return (positions[None, :] <= last[:, None]).float()
 
 
-def sequence_logprobs(
-    model: GPT, sequences: torch.Tensor, prompt_len: int, mask: torch.Tensor, precision: str,
-    head: FullHead | None = None,
-) -> torch.Tensor:
-    """log p(continuation | prompt) (batch,): the sum over the masked continuation tokens of their
-    log-probs (through `head`, by default the model's full LM head)."""
-    head = head or FullHead(model)
-    with autocast(sequences.device, precision):
-        logp = head.logprobs(action_hidden(model, sequences, prompt_len), sequences[:, prompt_len:])
-    return (logp * mask).sum(dim=1)
-
-
 def pair_sequences(data: PreferenceTensors) -> tuple[torch.Tensor, torch.Tensor]:
     """The chosen rows then the rejected ones, as one batch of sequences and continuation masks."""
     return torch.cat([data.chosen, data.rejected]), torch.cat([data.chosen_mask, data.rejected_mask])
@@ -117,7 +104,7 @@ def pair_logprobs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs of the chosen and of the rejected continuations, in one forward."""
     sequences, mask = pair_sequences(data)
-    logp = sequence_logprobs(model, sequences, data.prompt_len, mask, precision, head)
+    logp = (token_logprobs(model, sequences, data.prompt_len, 1.0, precision, head) * mask).sum(dim=1)
     return logp[: len(data)], logp[len(data) :]
 
 

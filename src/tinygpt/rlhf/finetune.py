@@ -22,8 +22,7 @@ from tinygpt.rlhf import ppo
 from tinygpt.rlhf.config import RlhfParams
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.reward_model import RewardModel
-from tinygpt.rlhf.rollout import (Rollout, action_hidden, rollout_logprobs,
-                                  sample)
+from tinygpt.rlhf.rollout import Rollout, action_hidden, sample, token_logprobs
 
 
 class PolicyWithValue(nn.Module):
@@ -110,7 +109,7 @@ def score_rollout(
         scores = reward_model(rollout.sequences, rollout.last_index).float()
         logp = policy.head.logprobs(hidden, rollout.responses, temperature)
         entropy = policy.head.entropy(hidden, temperature)
-    ref_logp = rollout_logprobs(ref, rollout, temperature, precision, ref_head)
+    ref_logp = token_logprobs(ref, rollout.sequences, rollout.prompt_len, temperature, precision, ref_head)
     return {"logp": logp, "entropy": entropy, "values": values, "ref_logp": ref_logp, "scores": scores}
 
 

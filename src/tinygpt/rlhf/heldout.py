@@ -13,15 +13,15 @@ import torch
 
 from tinygpt.core import figures
 from tinygpt.core.device import autocast
-from tinygpt.core.modes import eval_mode
 from tinygpt.core.stats import sem
 from tinygpt.data.tokenizer import decode
+from tinygpt.eval.likelihood import val_nll
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import FullHead, output_head
 from tinygpt.rlhf.config import HeldOutParams
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.reward_model import RewardModel
-from tinygpt.rlhf.rollout import Rollout, rollout_logprobs, sample
+from tinygpt.rlhf.rollout import Rollout, sample, token_logprobs
 
 CURVES = ["reward_model_score", "gold_score", "kl", "beta", "entropy", "policy_loss", "value_loss",
           "clip_fraction", "approx_kl", "explained_variance", "ptx_loss", "response_tokens"]
@@ -79,9 +79,9 @@ def held_out(
         if model is ref:  # the reference against itself (best-of-n's samples): KL 0, no need to compute it
             log_ratio = torch.zeros_like(rollout.mask)
         else:
-            log_ratio = rollout_logprobs(model, rollout, temperature, precision, heads[0]) - rollout_logprobs(
-                ref, rollout, temperature, precision, heads[1]
-            )
+            logps = [token_logprobs(m, rollout.sequences, rollout.prompt_len, temperature, precision, h)
+                     for m, h in ((model, heads[0]), (ref, heads[1]))]
+            log_ratio = logps[0] - logps[1]
         rewards.append(reward)
         kls.append((log_ratio * rollout.mask).sum(dim=1).cpu())
         texts += rollout.texts()
@@ -129,28 +129,6 @@ def evaluate_policy(model: GPT, ref: GPT, task: EvalTask) -> Evaluation:
     }
     loss = val_nll(model, task.val_tokens, task.precision)
     return Evaluation(sets, loss, math.exp(loss))
-
-
-@torch.no_grad()
-def val_nll(model: GPT, tokens: np.ndarray, precision: str, batch_size: int = 16) -> float:
-    """Mean next-token NLL of the whole split in non-overlapping windows of the model's context, through
-    the compact output head where the embedding allows (the frontier evaluates this at every point;
-    eval.likelihood.split_nll also computes calibration statistics, at 15x the cost)."""
-    device = next(model.parameters()).device
-    head, context = output_head(model, compact=True), model.config.block_size
-    ids = torch.as_tensor(np.asarray(tokens, dtype=np.int64), device=device)
-    n_targets = len(ids) - 1
-    full = n_targets // context
-    x, y = ids[: full * context].view(full, context), ids[1 : full * context + 1].view(full, context)
-    batches = [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, full, batch_size)]
-    if n_targets % context:  # the last, shorter window
-        batches.append((ids[full * context : n_targets][None], ids[full * context + 1 :][None]))
-    total = 0.0
-    with eval_mode(model):
-        for inputs, targets in batches:
-            with autocast(device, precision):
-                total -= head.logprobs(model.hidden_states(inputs), targets).sum().item()
-    return total / n_targets
 
 
 def change(before: Evaluation, after: Evaluation, held_out_set: str) -> dict[str, float]:

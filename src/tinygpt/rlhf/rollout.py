@@ -97,13 +97,13 @@ def action_hidden(model: GPT, sequences: torch.Tensor, prompt_len: int) -> torch
     return model.hidden_states(sequences)[:, prompt_len - 1 : -1, :]
 
 
-@torch.no_grad()
-def rollout_logprobs(
-    model: GPT, rollout: Rollout, temperature: float, precision: str = "fp32", head: FullHead | None = None
+def token_logprobs(
+    model: GPT, sequences: torch.Tensor, prompt_len: int, temperature: float = 1.0, precision: str = "fp32",
+    head: FullHead | None = None,
 ) -> torch.Tensor:
-    """Per-token log-probs (batch, response_len) of a rollout's responses under `model` (through `head`,
-    by default its full LM head)."""
+    """Log-probs (batch, len - prompt_len) of each row's tokens after its prompt under `model` at
+    `temperature` (through `head`, by default its full LM head): the one log-prob of a continuation that PPO,
+    DPO and the held-out KL use. Gradients flow unless the caller disables them."""
     head = head or FullHead(model)
-    with autocast(rollout.sequences.device, precision):
-        hidden = action_hidden(model, rollout.sequences, rollout.prompt_len)
-        return head.logprobs(hidden, rollout.responses, temperature)
+    with autocast(sequences.device, precision):
+        return head.logprobs(action_hidden(model, sequences, prompt_len), sequences[:, prompt_len:], temperature)

@@ -35,7 +35,7 @@ from tinygpt.data.batches import RandomWindows, fixed_batches
 from tinygpt.data.tokens import read_tokens
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary
+from tinygpt.model.shortlist import CompactVocabulary, ShortlistGPT
 from tinygpt.train.checkpoint import CheckpointDir, key_material
 from tinygpt.train.config import TrainParams
 from tinygpt.train.distributed import SINGLE, World, cpu_share, syncing, wrap
@@ -208,7 +208,8 @@ def build_model(config: GPTConfig, train_params: TrainParams, train_tokens: np.n
     """The model the loop trains: the GPT itself, or its exact compact form over the training vocabulary."""
     if not train_params.shortlist_vocab:
         return GPT(config)
-    return ShortlistGPT(config, TrainVocabulary.of(train_tokens, config.vocab_size), train_params.unseen_smoothing)
+    return ShortlistGPT(config, CompactVocabulary.of_tokens(train_tokens, config.vocab_size),
+                        train_params.unseen_smoothing)
 
 
 def full_model(model: GPT | ShortlistGPT) -> GPT:
@@ -408,5 +409,6 @@ def vocabulary_summary(model: GPT | ShortlistGPT) -> dict:
     """How many rows the softmax was computed over in training (all of them without the shortlist)."""
     if not isinstance(model, ShortlistGPT):
         return {"shortlist": False, "softmax_rows": model.config.vocab_size}
-    return {"shortlist": True, "softmax_rows": model.vocab.compact_size, "seen_tokens": len(model.vocab.seen),
-            "unseen_tokens": model.vocab.n_unseen, "unseen_smoothing": model.unseen_smoothing}
+    vocab = model.vocab
+    return {"shortlist": True, "softmax_rows": vocab.n_rows, "seen_tokens": vocab.vocab_size - vocab.n_shared,
+            "unseen_tokens": vocab.n_shared, "unseen_smoothing": model.unseen_smoothing}
