@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinygpt.model.generate import sample_softmax
+from tinygpt.model.sampling import sample_softmax
 from tinygpt.model.gpt import GPT
 
 
