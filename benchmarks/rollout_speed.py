@@ -1,30 +1,40 @@
-"""RLHF rollouts: `GPT.generate` (re-runs the prefix each token, torch.multinomial) against
-`tinygpt.model.generate.generate_cached` (key/value cache, one uniform per row), same weights, prompts,
-threads and precision, measured side by side in one run.
+"""RLHF rollouts on the one decoding engine (`tinygpt.model.sampling`, KV cache), by next-token draw:
+torch.multinomial over the LM head's logits (`sample_next`, the user-facing rule), the full head's
+inverse CDF (one uniform per row, `sample_softmax`) and the compact head's (the softmax over the distinct
+embedding rows, tinygpt.model.heads); same weights, prompts, threads and precision, side by side in one run.
 
     python benchmarks/rollout_speed.py                            # the `model` section, random weights
     python benchmarks/rollout_speed.py --model-dir models/pretrain --batch 32 --prompt 8 --new 24
+
+Random weights get the embedding a pretrained model has: the training split's 11,234 token ids seen,
+every other id sharing one row, so the compact head applies.
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import numpy as np
 import torch
 
 from tinygpt.core.device import autocast, resolve_precision
 from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model import weights
-from tinygpt.model.generate import generate_cached
 from tinygpt.model.gpt import GPT
+from tinygpt.model.heads import CompactHead, FullHead
+from tinygpt.model.sampling import generate
+from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary
 from tinygpt.pipeline.sections import load_named
+
+TRAIN_TOKENS = 11_234  # distinct tokens of Tiny Shakespeare's training split
 
 
 def build_model(model_dir: str | None) -> GPT:
     if model_dir:
         return weights.load_model(model_dir)
     torch.manual_seed(0)
-    return GPT(load_named("model").model).eval()
+    config = load_named("model").model
+    return ShortlistGPT(config, TrainVocabulary.of(np.arange(TRAIN_TOKENS), config.vocab_size)).to_full().eval()
 
 
 def best_seconds(run, repeats: int) -> float:
@@ -35,6 +45,14 @@ def best_seconds(run, repeats: int) -> float:
         run()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def rollouts(model: GPT, prompts: torch.Tensor, new: int, precision: str, head: FullHead | None):
+    """One batch of rollouts at temperature 1 through `head` (None: torch.multinomial via sample_next)."""
+    def run() -> None:
+        with autocast(prompts.device, precision):
+            generate(model, prompts, new, 1.0, eot_id=EOT_ID, generator=torch.Generator().manual_seed(1), head=head)
+    return run
 
 
 def main() -> None:
@@ -50,25 +68,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = build_model(args.model_dir)
-    device = torch.device("cpu")
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, torch.device("cpu"))
     prompts = torch.randint(0, 50000, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0))
-
-    def full() -> None:
-        with torch.no_grad(), autocast(device, precision):
-            model.generate(prompts, args.new, temperature=1.0, eot_id=EOT_ID,
-                           generator=torch.Generator().manual_seed(1))
-
-    def cached() -> None:
-        with autocast(device, precision):
-            generate_cached(model, prompts, args.new, 1.0, EOT_ID, torch.Generator().manual_seed(1))
-
+    draws = {"multinomial (sample_next)": None, "full head (inverse CDF)": FullHead(model),
+             "compact head": CompactHead.of(model)}
     tokens = args.batch * args.new
-    t_full, t_cached = best_seconds(full, args.repeats), best_seconds(cached, args.repeats)
     print(f"{args.batch} prompts x {args.new} new tokens, {torch.get_num_threads()} threads, {precision}")
-    print(f"GPT.generate          {t_full:8.3f} s  {tokens / t_full:10.0f} tokens/s")
-    print(f"generate_cached       {t_cached:8.3f} s  {tokens / t_cached:10.0f} tokens/s")
-    print(f"speed-up              {t_full / t_cached:8.1f}x")
+    for name, head in draws.items():
+        if name == "compact head" and head is None:
+            print(f"{name:28s} n/a: the embedding has too few repeated rows")
+            continue
+        seconds = best_seconds(rollouts(model, prompts, args.new, precision, head), args.repeats)
+        print(f"{name:28s} {seconds:8.3f} s  {tokens / seconds:10.0f} tokens/s")
 
 
 if __name__ == "__main__":

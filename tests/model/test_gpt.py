@@ -1,11 +1,12 @@
-"""The GPT: causality, shapes, GPT-2's parameter count, initial loss, generation and config errors."""
+"""The GPT: causality, shapes, GPT-2's parameter count, initial loss, the logit bias and config errors
+(generation: test_sampling.py)."""
 import math
 
 import pytest
 import torch
 
 from tinygpt.model.config import PRESETS, ConfigError, GPTConfig, preset
-from tinygpt.model.gpt import GPT, filter_logits, sample_next
+from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import load_model, save_model
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
@@ -102,77 +103,6 @@ def test_unknown_preset_and_keys():
     with pytest.raises(ConfigError, match=r"unknown model config keys \['n_layers'\]"):
         GPTConfig.from_dict({"n_layers": 2})
     assert set(PRESETS) >= {"gpt2", "default"}
-
-
-# ---------------------------------------------------------------- generation
-
-
-def test_top_k_and_top_p_filter_exactly():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
-    # top_p 0.7: 0.5 < 0.7, so the second token is needed; 0.5 + 0.3 >= 0.7, so nothing after it.
-    assert torch.isinf(filter_logits(logits, top_p=0.7)).tolist() == [[False, False, True, True]]
-    assert torch.isinf(filter_logits(logits, top_p=0.5)).tolist() == [[False, True, True, True]]
-    assert torch.isinf(filter_logits(logits, top_p=0.81)).tolist() == [[False, False, False, True]]
-    assert not torch.isinf(filter_logits(logits, top_k=None, top_p=1.0)).any()
-
-
-def test_sampling_never_leaves_the_filtered_set():
-    torch.manual_seed(0)
-    logits = torch.randn(4, 64)
-    generator = torch.Generator().manual_seed(0)
-    allowed_k = torch.topk(logits, 5).indices
-    for _ in range(200):
-        ids = sample_next(logits, 1.5, top_k=5, top_p=None, generator=generator)
-        assert all(ids[r] in allowed_k[r] for r in range(4))
-    probs = torch.softmax(logits, dim=-1)
-    kept = ~torch.isinf(filter_logits(logits, top_p=0.6))
-    counts = torch.zeros(4, 64)
-    for _ in range(300):
-        ids = sample_next(logits, 1.0, top_k=None, top_p=0.6, generator=generator)
-        counts[torch.arange(4), ids] += 1
-    assert counts[~kept].sum() == 0
-    assert (probs * kept).sum(-1).min() >= 0.6  # the kept set does carry top_p of the mass
-
-
-def test_greedy_is_deterministic_and_top_k_1_is_greedy():
-    model = tiny_model()
-    prompt = torch.tensor([[1, 2, 3]])
-    a = model.generate(prompt, 10, temperature=0.0)
-    b = model.generate(prompt, 10, temperature=0.0)
-    c = model.generate(prompt, 10, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(5))
-    assert a.shape == (1, 13) and torch.equal(a, b) and torch.equal(a, c)
-    assert torch.equal(a[:, :3], prompt)
-
-
-def test_seeded_sampling_is_reproducible():
-    model = tiny_model()
-    prompt = torch.tensor([[1, 2, 3], [4, 5, 6]])
-    runs = [model.generate(prompt, 12, temperature=1.0, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
-    assert torch.equal(runs[0], runs[1])
-    assert not torch.equal(runs[0], runs[2])
-
-
-def test_generation_stops_at_end_of_text():
-    model = tiny_model()
-    eot = 63
-    with torch.no_grad():  # every position's hidden state is v, and v points at the eot embedding
-        model.transformer.ln_f.weight.zero_()
-        model.transformer.ln_f.bias.copy_(torch.randn(32))
-        model.transformer.wte.weight[eot] = 10 * model.transformer.ln_f.bias
-    out = model.generate(torch.tensor([[1, 2]]), 10, temperature=1.0, eot_id=eot,
-                         generator=torch.Generator().manual_seed(0))
-    assert out.tolist() == [[1, 2, eot]]
-    assert model.generate(torch.tensor([[1, 2]]), 4, temperature=0.0).tolist() == [[1, 2] + [eot] * 4]
-
-
-def test_generation_crops_the_context_to_the_block_size():
-    model = tiny_model()
-    long_prompt = torch.randint(0, 64, (1, 40), generator=torch.Generator().manual_seed(4))
-    out = model.generate(long_prompt, 5, temperature=0.0)
-    cropped = model.generate(long_prompt[:, -16:], 5, temperature=0.0)
-    assert out.shape == (1, 45)
-    assert torch.equal(out[:, 40:], cropped[:, 16:])
 
 
 def test_a_logit_bias_saves_and_loads_with_the_model(tmp_path):

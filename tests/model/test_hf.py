@@ -12,6 +12,7 @@ from tinygpt.data.tokenizer import EOT_ID, N_VOCAB, gpt2_encoding
 from tinygpt.model import hf
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
+from tinygpt.model.sampling import generate
 
 VOCAB = 500
 
@@ -90,7 +91,7 @@ def test_greedy_generation_same_tokens():
     hf_model = tiny_hf()
     ours = hf.gpt_from_hf(hf_model)
     prompt = random_tokens(2, 5, seed=7)
-    ours_ids = ours.generate(prompt, max_new_tokens=20, temperature=0)
+    ours_ids = generate(ours, prompt, max_new_tokens=20, temperature=0)
     hf_ids = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=20,
                                min_new_tokens=20, do_sample=False, pad_token_id=0)
     assert ours_ids.shape == (2, 25)
@@ -148,7 +149,7 @@ def test_export_runs_in_pipeline_offline(tmp_path, monkeypatch):
 
     generator = pipeline("text-generation", model=str(out))
     prompt_ids = tokenizer("To be or not")["input_ids"]
-    expected = ours.generate(torch.tensor([prompt_ids]), max_new_tokens=6, temperature=0)[0].tolist()
+    expected = generate(ours, torch.tensor([prompt_ids]), max_new_tokens=6, temperature=0)[0].tolist()
     text_out = generator("To be or not", max_new_tokens=6, min_new_tokens=6, do_sample=False)[0]["generated_text"]
     assert text_out == tokenizer.decode(expected)
     assert len(text_out) > len("To be or not")

@@ -16,6 +16,7 @@ import torch
 from tinygpt.data.tokenizer import EOT_ID, N_VOCAB, decode, encode
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
+from tinygpt.model.sampling import generate
 from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import model_uri, registry, tracking
 from tinygpt.pipeline.params import TrackingParams
@@ -30,7 +31,7 @@ def tiny_model(seed: int = 0) -> GPT:
 
 
 def greedy_text(model: GPT, prompt: str, tokens: int) -> str:
-    out = model.generate(torch.tensor([encode(prompt)]), tokens, temperature=0.0, eot_id=EOT_ID)[0]
+    out = generate(model, torch.tensor([encode(prompt)]), tokens, temperature=0.0, eot_id=EOT_ID)[0]
     return decode([i for i in out[len(encode(prompt)):].tolist() if i != EOT_ID])
 
 

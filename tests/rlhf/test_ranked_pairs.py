@@ -8,7 +8,8 @@ from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf import dpo
 from tinygpt.rlhf import reward_model as rm
-from tinygpt.rlhf.ranked_pairs import ranked_pairs, reward_ranked_pairs, sample_and_score
+from tinygpt.rlhf.heldout import scored_rollouts
+from tinygpt.rlhf.ranked_pairs import ranked_pairs, reward_ranked_pairs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -48,8 +49,12 @@ def test_reward_ranked_pairs_are_seeded_and_ranked_by_the_reward_model():
     reference, reward_model = tiny_models()
     prompts = np.random.default_rng(0).integers(0, 1024, (6, 4))
     args = (reference, reward_model, prompts, 4, 6, 1.0)
-    ids, rewards = sample_and_score(*args, seed=3, precision="fp32", batch_size=5)  # batches cut across prompts
-    assert rewards.shape == (6, 4) and len(ids) == 24
+    with torch.no_grad():  # the rewards reward_ranked_pairs ranks by
+        scored = list(scored_rollouts(reference, reward_model, torch.as_tensor(prompts), 4, 6, 1.0, seed=3,
+                                      precision="fp32", batch_size=5))
+    assert [len(reward) for _, reward in scored] == [5, 5, 5, 5, 4]  # batches cut across prompts
+    assert sum(len(rollout.response_ids()) for rollout, _ in scored) == 24
+    rewards = torch.cat([reward for _, reward in scored]).numpy().reshape(6, 4)
     pairs = reward_ranked_pairs(*args, seed=3, precision="fp32", batch_size=5)
     again = reward_ranked_pairs(*args, seed=3, precision="fp32", batch_size=5)
     other = reward_ranked_pairs(*args, seed=4, precision="fp32", batch_size=5)

@@ -4,8 +4,7 @@ import torch
 from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
-from tinygpt.rlhf.rollout import (Rollout, response_mask, token_logprobs,
-                                  sample, sample_in_batches)
+from tinygpt.rlhf.rollout import Rollout, response_mask, sample, token_logprobs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -32,7 +31,7 @@ def test_sample_is_seeded_and_log_probs_are_those_of_the_sampling_distribution()
     model = tiny_gpt()
     prompts = torch.randint(0, 1000, (3, 4), generator=torch.Generator().manual_seed(1))
     a = sample(model, prompts, 6, 0.7, torch.Generator().manual_seed(2))
-    b = sample_in_batches(model, prompts, 6, 0.7, torch.Generator().manual_seed(2), "fp32", batch_size=3)
+    b = sample(model, prompts, 6, 0.7, torch.Generator().manual_seed(2), "fp32", batch_size=3)
     assert torch.equal(a.sequences, b.sequences) and a.sequences.shape == (3, 10)
     assert torch.equal(a.sequences[:, :4], prompts)
     # the log-prob of each sampled token, recomputed from the full sequence, matches a step-by-step one

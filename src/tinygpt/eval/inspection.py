@@ -9,6 +9,7 @@ from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode
 from tinygpt.data import tokenizer
 from tinygpt.model.gpt import GPT
+from tinygpt.model.sampling import generate
 
 
 def prompt_ids(model: GPT, prompt: str, device: torch.device) -> torch.Tensor:
@@ -49,7 +50,7 @@ def sample(
     idx = prompt_ids(model, prompt, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     with eval_mode(model), torch.inference_mode(), autocast(device, precision):
-        out = model.generate(idx, max_new_tokens, temperature, top_k, top_p, tokenizer.EOT_ID, generator)
+        out = generate(model, idx, max_new_tokens, temperature, top_k, top_p, tokenizer.EOT_ID, generator)
     new_ids = out[0, idx.size(1) :].tolist()
     return {"prompt": prompt, "completion": tokenizer.decode(new_ids), "new_tokens": len(new_ids), "seed": seed}
 

@@ -14,9 +14,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinygpt.model.generate import sample_softmax
 from tinygpt.model.gpt import GPT
 from tinygpt.model.shortlist import CompactVocabulary
+
+
+def sample_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One id per row from softmax(logits / temperature), by inverting the CDF at a uniform draw.
+
+    torch.multinomial draws an exponential variate for every one of the 50,257 entries of every row,
+    which takes longer than the LM head itself; one uniform per row and a binary search do not.
+    """
+    cdf = torch.softmax(logits.float() / temperature, dim=-1).cumsum(dim=-1)
+    u = torch.rand(logits.size(0), 1, generator=generator, device=logits.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_max(logits.size(-1) - 1).squeeze(-1)
 
 
 class FullHead:

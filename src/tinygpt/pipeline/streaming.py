@@ -13,9 +13,9 @@ import torch
 from tinygpt.core.device import resolve_device
 from tinygpt.core.errors import TinyGptError
 from tinygpt.data import tokenizer
-from tinygpt.model.generate import stream_tokens
 from tinygpt.model.gpt import GPT
 from tinygpt.model.loading import load_language_model
+from tinygpt.model.sampling import stream
 from tinygpt.pipeline.model_uri import model_dir
 
 
@@ -75,8 +75,8 @@ def continuation(model: GPT, prompt: str, decoding: Decoding, directory: Path = 
     device = model.transformer.wte.weight.device
     generator = torch.Generator(device=device).manual_seed(decoding.seed)
     eot = tokenizer.EOT_ID if decoding.stop_at_eot else None
-    tokens = stream_tokens(model, ids, decoding.max_tokens, decoding.temperature, decoding.top_k,
-                           decoding.top_p, generator, eot)
+    tokens = stream(model, ids, decoding.max_tokens, decoding.temperature, decoding.top_k, decoding.top_p,
+                    generator, eot)
     if decoding.stop_at_eot:
         tokens = itertools.takewhile(lambda t: t != eot, tokens)  # the end-of-text marker is not text
     return tokenizer.decode_stream(tokens)

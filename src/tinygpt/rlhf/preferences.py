@@ -25,7 +25,7 @@ from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf.config import PreferencesParams
 from tinygpt.rlhf.oracles import Oracle, prefer
-from tinygpt.rlhf.rollout import sample_in_batches
+from tinygpt.rlhf.rollout import sample
 
 LINE_BREAKS = (198, 628)  # GPT-2 ids of "\n" and "\n\n": prompts start where a line starts
 SPLITS = ("train", "selection", "report")  # selection and report: the val split's prompts, dealt in two
@@ -79,7 +79,7 @@ def sample_continuations(
     """Sample `samples` continuations per prompt and score each with the oracle."""
     device = next(model.parameters()).device
     prompts = torch.as_tensor(prompt_ids, device=device).repeat_interleave(samples, dim=0)
-    rollout = sample_in_batches(model, prompts, max_new_tokens, temperature, generator, precision, batch_size)
+    rollout = sample(model, prompts, max_new_tokens, temperature, generator, precision, batch_size=batch_size)
     ids, texts = rollout.response_ids(), rollout.texts()
     return Continuations(prompt_ids, samples, ids, texts, oracle.scores(texts, ids))
 

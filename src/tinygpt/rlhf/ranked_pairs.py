@@ -22,23 +22,6 @@ from tinygpt.rlhf.preferences import PAIR_FEATURES
 from tinygpt.rlhf.reward_model import RewardModel
 
 
-@torch.no_grad()
-def sample_and_score(
-    model: GPT, reward_model: RewardModel, prompt_ids: np.ndarray, samples: int, max_new_tokens: int,
-    temperature: float, seed: int, precision: str, batch_size: int,
-) -> tuple[list[list[int]], np.ndarray]:
-    """`samples` continuations per prompt from `model` (prompt-major, seeded) and their normalised rewards
-    (prompts, samples)."""
-    prompts = torch.as_tensor(prompt_ids, device=next(model.parameters()).device)
-    ids, rewards = [], []
-    with eval_mode(model):
-        for rollout, reward in scored_rollouts(model, reward_model, prompts, samples, max_new_tokens, temperature,
-                                               seed, precision, batch_size):
-            rewards.append(reward)
-            ids += rollout.response_ids()
-    return ids, torch.cat(rewards).numpy().reshape(len(prompt_ids), samples)
-
-
 def ranked_pairs(prompt_ids: np.ndarray, ids: list[list[int]], rewards: np.ndarray, pairs_per_prompt: int = 1) -> Dataset:
     """Pairs of each prompt's samples by reward rank: the best over the worst, the second best over the
     second worst, and so on, `pairs_per_prompt` of them (at most samples // 2, so no sample is in two
@@ -64,12 +47,19 @@ def ranked_pairs(prompt_ids: np.ndarray, ids: list[list[int]], rewards: np.ndarr
     return Dataset.from_dict(rows, features=PAIR_FEATURES)
 
 
+@torch.no_grad()
 def reward_ranked_pairs(
     model: GPT, reward_model: RewardModel, prompt_ids: np.ndarray, samples: int, max_new_tokens: int,
     temperature: float, seed: int, precision: str, batch_size: int, pairs_per_prompt: int = 1,
 ) -> Dataset:
-    """DPO's training pairs drawn from `model` and judged by the reward model (see the module)."""
-    ids, rewards = sample_and_score(model, reward_model, prompt_ids, samples, max_new_tokens, temperature,
-                                    seed, precision, batch_size)
-    return ranked_pairs(prompt_ids, ids, rewards, pairs_per_prompt)
-
+    """DPO's training pairs: `samples` continuations per prompt drawn from `model` (prompt-major, seeded)
+    and ranked by their reward-model scores (see the module)."""
+    prompts = torch.as_tensor(prompt_ids, device=next(model.parameters()).device)
+    ids, rewards = [], []
+    with eval_mode(model):
+        for rollout, reward in scored_rollouts(model, reward_model, prompts, samples, max_new_tokens, temperature,
+                                               seed, precision, batch_size):
+            rewards.append(reward)
+            ids += rollout.response_ids()
+    return ranked_pairs(prompt_ids, ids, torch.cat(rewards).numpy().reshape(len(prompt_ids), samples),
+                        pairs_per_prompt)

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from tinygpt.core.device import autocast
 from tinygpt.data.tokenizer import EOT_ID, decode
-from tinygpt.model.generate import generate_cached
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import FullHead
+from tinygpt.model.sampling import generate
 
 
 @dataclass
@@ -62,34 +62,27 @@ def sample(
     generator: torch.Generator,
     precision: str = "fp32",
     head: FullHead | None = None,
+    batch_size: int | None = None,
 ) -> Rollout:
     """Continue every prompt (batch, prompt_len) by `max_new_tokens` ids drawn at `temperature` (through
-    `head`, by default the model's full LM head)."""
-    device = prompts.device
+    `head`, by default the model's full LM head), `batch_size` prompts at a time (None: all at once)."""
     head = head or FullHead(model)
-    with autocast(device, precision):
-        sequences = generate_cached(model, prompts, max_new_tokens, temperature, EOT_ID, generator, head.sample)
-    # Generation stops once every row has ended; pad so every batch has the same shape.
-    missing = prompts.size(1) + max_new_tokens - sequences.size(1)
-    sequences = F.pad(sequences, (0, missing), value=EOT_ID)
+    parts = [sample_batch(model, chunk, max_new_tokens, temperature, generator, precision, head)
+             for chunk in prompts.split(batch_size or max(1, len(prompts)))]
+    sequences = torch.cat(parts)
     return Rollout(sequences, prompts.size(1), response_mask(sequences[:, prompts.size(1) :]))
 
 
-def sample_in_batches(
-    model: GPT,
-    prompts: torch.Tensor,
-    max_new_tokens: int,
-    temperature: float,
-    generator: torch.Generator,
-    precision: str,
-    batch_size: int,
-) -> Rollout:
-    """`sample` over `batch_size` prompts at a time, joined into one Rollout."""
-    parts = [
-        sample(model, prompts[i : i + batch_size], max_new_tokens, temperature, generator, precision)
-        for i in range(0, len(prompts), batch_size)
-    ]
-    return Rollout(torch.cat([r.sequences for r in parts]), prompts.size(1), torch.cat([r.mask for r in parts]))
+def sample_batch(
+    model: GPT, prompts: torch.Tensor, max_new_tokens: int, temperature: float, generator: torch.Generator,
+    precision: str, head: FullHead,
+) -> torch.Tensor:
+    """One batch's sequences (batch, prompt_len + max_new_tokens), padded with end-of-text."""
+    with autocast(prompts.device, precision):
+        sequences = generate(model, prompts, max_new_tokens, temperature, eot_id=EOT_ID, generator=generator,
+                             head=head)
+    # Decoding stops once every row has ended; pad so every batch has the same shape.
+    return F.pad(sequences, (0, prompts.size(1) + max_new_tokens - sequences.size(1)), value=EOT_ID)
 
 
 def action_hidden(model: GPT, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
