@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.model.gpt import GPT
-from tinygpt.model.shortlist import CompactVocabulary
+from tinygpt.model.vocabulary import CompactVocabulary
 
 
 def sample_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -57,8 +57,8 @@ class FullHead:
 
 
 class CompactHead(FullHead):
-    """The same log-probs over the distinct rows of a frozen tied embedding: pretraining's map
-    (shortlist.CompactVocabulary), read back from the rows that are equal.
+    """The same log-probs over the distinct rows of a frozen tied embedding, by the map the model was
+    pretrained and saved with (GPT.vocabulary).
 
     A row shared by n tokens enters the softmax once with log(n) added to its logit (n equal terms
     exp(z) sum to exp(z + log n)); one of those tokens then has that row's probability divided by n. The
@@ -67,22 +67,24 @@ class CompactHead(FullHead):
 
     def __init__(self, model: GPT, vocab: CompactVocabulary):
         super().__init__(model)
-        self.vocab = vocab
+        self.vocab = vocab = vocab.to(model.lm_head.weight.device)
         self.rows = model.lm_head.weight[vocab.representatives()].detach().clone()  # (rows, n_embd), frozen
 
     @classmethod
     @torch.no_grad()
     def of(cls, model: GPT, min_saving: float = 2.0) -> "CompactHead | None":
-        """The compact head of `model`, or None when too few rows repeat to be worth it (GPT-2 has none).
+        """The compact head of `model`, or None without a saved map (GPT-2) or when too few rows repeat.
 
         The rows are copied now: the caller must keep the embedding frozen (finetune.freeze_embeddings),
         or the compact head would go on scoring the old rows.
         """
-        vocab = CompactVocabulary.of_embedding(model.lm_head.weight)
-        if vocab.n_rows * min_saving > vocab.vocab_size:
+        vocab = model.vocabulary
+        if vocab is None or vocab.n_rows * min_saving > vocab.vocab_size:
             return None
+        if not vocab.holds_for(model.lm_head.weight):
+            return None  # the embedding was trained away from the map: only the full head is exact
         bias = model.lm_head.bias
-        if bias is not None and not equal_within_rows(bias, vocab.row_of_id, vocab.n_rows):
+        if bias is not None and not equal_within_rows(bias, vocab.row_of_id.to(bias.device), vocab.n_rows):
             return None  # tokens of one row with different biases: only the full head is exact
         return cls(model, vocab)
 
