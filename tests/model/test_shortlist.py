@@ -190,8 +190,9 @@ def swapped_map() -> torch.Tensor:
 
 
 @pytest.mark.parametrize("row_of_id, message", [
-    (torch.zeros(299, dtype=torch.int32), "one integer tensor row_of_id of 300 entries"),
-    (torch.arange(300, dtype=torch.int32) * 2, "none unused"),
+    (torch.zeros(299, dtype=torch.int32), "row_of_id of 300 ids"),
+    (torch.arange(300, dtype=torch.int32) - 1, "numbered from 0 with none unused"),
+    (torch.arange(300, dtype=torch.int32) * 2, "numbered from 0 with none unused"),
     (swapped_map(), "have different embeddings"),
 ])
 def test_a_broken_saved_map_names_the_file(tmp_path, row_of_id, message):

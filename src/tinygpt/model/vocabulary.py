@@ -1,6 +1,4 @@
-"""Which embedding row each vocabulary id uses, when ids share rows: the map a model pretrained over the
-training vocabulary (tinygpt.model.shortlist) is saved with, and that the compact output head
-(tinygpt.model.heads) takes its softmax over."""
+"""The map of vocabulary ids onto shared embedding rows, saved with a model's weights."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,8 +13,7 @@ class CompactVocabulary:
     """Which embedding row each vocabulary id uses when ids share rows: the one map that pretraining
     (ShortlistGPT) and the finetuning heads (tinygpt.model.heads.CompactHead) take their softmax over."""
 
-    row_of_id: torch.Tensor  # (vocab_size,) int64: id -> its row
-    counts: torch.Tensor  # (rows,) int64: how many ids share each row
+    row_of_id: torch.Tensor  # (vocab_size,) int64: id -> its row, rows numbered from 0
 
     @classmethod
     def of_tokens(cls, tokens: np.ndarray, vocab_size: int) -> "CompactVocabulary":
@@ -28,16 +25,12 @@ class CompactVocabulary:
         seen = torch.from_numpy(np.flatnonzero(used))
         row_of_id = torch.full((vocab_size,), len(seen), dtype=torch.long)
         row_of_id[seen] = torch.arange(len(seen))
-        return cls(row_of_id, torch.bincount(row_of_id))
+        return cls(row_of_id)
 
-    @classmethod
-    def of_rows(cls, row_of_id: torch.Tensor) -> "CompactVocabulary":
-        """The map as saved with a model's weights: each id's row (rows numbered from 0, none unused)."""
-        row_of_id = row_of_id.long()
-        return cls(row_of_id, torch.bincount(row_of_id))
-
-    def to(self, device: torch.device) -> "CompactVocabulary":
-        return CompactVocabulary(self.row_of_id.to(device), self.counts.to(device))
+    @cached_property
+    def counts(self) -> torch.Tensor:
+        """How many ids share each row (int64)."""
+        return torch.bincount(self.row_of_id)
 
     @property
     def vocab_size(self) -> int:
@@ -72,10 +65,10 @@ class CompactVocabulary:
         return self.ids_by_row[self.first_of_row]
 
     @torch.no_grad()
-    def holds_for(self, weight: torch.Tensor) -> bool:
-        """Whether every id's row of the (vocab_size, n_embd) embedding equals its row's: true after
-        pretraining and while finetuning keeps the embedding frozen."""
-        if len(weight) != self.vocab_size:
+    def holds_for(self, values: torch.Tensor) -> bool:
+        """Whether the ids of each row have equal entries in `values` (vocab_size, ...), an embedding or a
+        logit bias: true after pretraining and while finetuning keeps the embedding frozen."""
+        if len(values) != self.vocab_size:
             return False
-        ids = self.representatives().to(weight.device)
-        return torch.equal(weight, weight[ids][self.row_of_id.to(weight.device)])
+        ids = self.representatives().to(values.device)
+        return torch.equal(values, values[ids][self.row_of_id.to(values.device)])

@@ -109,12 +109,11 @@ def load_vocabulary(path: Path, model: GPT) -> CompactVocabulary | None:
         return None
     row_of_id = read_weights(path).get("row_of_id")
     vocab_size = model.config.vocab_size
-    if row_of_id is None or row_of_id.shape != (vocab_size,) or row_of_id.is_floating_point():
-        raise ModelFileError(f"{path}: expected one integer tensor row_of_id of {vocab_size} entries "
-                             f"(config.json's vocab_size); {REBUILD}")
-    if int(row_of_id.min()) < 0 or not bool((torch.bincount(row_of_id.long()) > 0).all()):
-        raise ModelFileError(f"{path}: row_of_id must number the rows 0, 1, ... with none unused; {REBUILD}")
-    vocab = CompactVocabulary.of_rows(row_of_id)
+    usable = row_of_id is not None and row_of_id.shape == (vocab_size,) and not row_of_id.is_floating_point()
+    if not usable or row_of_id.min() < 0 or torch.bincount(row_of_id.long()).min() == 0:
+        raise ModelFileError(f"{path}: expected one tensor row_of_id of {vocab_size} ids (config.json's vocab_size), "
+                             f"their rows numbered from 0 with none unused; {REBUILD}")
+    vocab = CompactVocabulary(row_of_id.long())
     if not vocab.holds_for(model.lm_head.weight):
         raise ModelFileError(f"{path}: ids it puts in one row have different embeddings in {WEIGHTS_FILE}; "
                              f"the two files come from different models: {REBUILD}")
