@@ -142,10 +142,10 @@ def test_next_tokens_and_samples():
         logits, _ = model(torch.tensor([tokenizer.encode("To be or not to")]))
     assert item["top"][0]["id"] == int(logits[0, -1].argmax())
     assert item["top"][0]["token"] == tokenizer.decode([item["top"][0]["id"]])
-    a = inspection.sample(model, "ROMEO:", 8, 0.8, 50, None, 7, cpu, "fp32")
-    b = inspection.sample(model, "ROMEO:", 8, 0.8, 50, None, 7, cpu, "fp32")
+    a = inspection.sample_completion(model, "ROMEO:", 8, 0.8, 50, None, 7, cpu, "fp32")
+    b = inspection.sample_completion(model, "ROMEO:", 8, 0.8, 50, None, 7, cpu, "fp32")
     assert a == b and a["new_tokens"] == 8
-    greedy = inspection.sample(model, "ROMEO:", 1, 0.0, None, None, 0, cpu, "fp32")
+    greedy = inspection.sample_completion(model, "ROMEO:", 1, 0.0, None, None, 0, cpu, "fp32")
     with torch.no_grad():
         logits, _ = model(torch.tensor([tokenizer.encode("ROMEO:")]))
     assert greedy["completion"] == tokenizer.decode([int(logits[0, -1].argmax())])

@@ -6,12 +6,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.errors import ParamsError
 from tinygpt.data.tokens import write_tokens
+from tinygpt.model import weights
 from tinygpt.model.config import GPTConfig
-from tinygpt.model.shortlist import ShortlistGPT, CompactVocabulary, good_turing_unseen_mass
+from tinygpt.model.heads import CompactHead
+from tinygpt.model.shortlist import ShortlistGPT, good_turing_unseen_mass
+from tinygpt.model.vocabulary import CompactVocabulary
 from tinygpt.train.config import TrainParams
 from tinygpt.train.loop import train
 
@@ -162,11 +166,38 @@ def test_training_steps_follow_the_full_gpt_whose_unseen_rows_start_equal(kind):
         torch.testing.assert_close(compact.to_full().state_dict()[name], value, atol=atol, rtol=0)
 
 
-def test_the_map_read_back_from_an_expanded_embedding_is_the_training_one():
-    """CompactHead's map (equal rows of the full embedding) and pretraining's (the ids training uses)
-    are the same map: rows in a different order, the same ids together."""
-    expanded = ShortlistGPT(CONFIG, CompactVocabulary.of_tokens(TRAIN_IDS, 300)).to_full()
-    trained, found = CompactVocabulary.of_tokens(TRAIN_IDS, 300), CompactVocabulary.of_embedding(expanded.lm_head.weight)
-    assert found.n_rows == trained.n_rows and found.n_shared == trained.n_shared
-    pairs = set(zip(trained.row_of_id.tolist(), found.row_of_id.tolist()))
-    assert len(pairs) == trained.n_rows  # one-to-one between the two maps' rows
+def test_the_map_is_saved_with_the_weights_while_the_rows_stay_shared(tmp_path):
+    """to_full carries pretraining's map; save_model writes it and load_model reads it back, and a model
+    whose embedding was trained apart is saved without it (its rows are no longer shared)."""
+    full = ShortlistGPT(CONFIG, CompactVocabulary.of_tokens(TRAIN_IDS, 300)).to_full()
+    weights.save_model(full, tmp_path / "shared")
+    loaded = weights.load_model(tmp_path / "shared")
+    assert torch.equal(loaded.vocabulary.row_of_id, CompactVocabulary.of_tokens(TRAIN_IDS, 300).row_of_id)
+    assert CompactHead.of(loaded) is not None
+    with torch.no_grad():
+        loaded.transformer.wte.weight[200] += 1e-3  # one unseen id's row moves away from its row's others
+    assert CompactHead.of(loaded) is None
+    weights.save_model(loaded, tmp_path / "shared")
+    assert not (tmp_path / "shared" / weights.VOCABULARY_FILE).exists()
+    assert weights.load_model(tmp_path / "shared").vocabulary is None
+
+
+def swapped_map() -> torch.Tensor:
+    """A valid map of another model: a seen id (0) and an unseen one (299) trade rows."""
+    row_of_id = CompactVocabulary.of_tokens(TRAIN_IDS, 300).row_of_id.clone()
+    row_of_id[[0, 299]] = row_of_id[[299, 0]]
+    return row_of_id.int()
+
+
+@pytest.mark.parametrize("row_of_id, message", [
+    (torch.zeros(299, dtype=torch.int32), "row_of_id of 300 ids"),
+    (torch.arange(300, dtype=torch.int32) - 1, "numbered from 0 with none unused"),
+    (torch.arange(300, dtype=torch.int32) * 2, "numbered from 0 with none unused"),
+    (swapped_map(), "have different embeddings"),
+])
+def test_a_broken_saved_map_names_the_file(tmp_path, row_of_id, message):
+    weights.save_model(ShortlistGPT(CONFIG, CompactVocabulary.of_tokens(TRAIN_IDS, 300)).to_full(), tmp_path)
+    path = tmp_path / weights.VOCABULARY_FILE
+    save_file({"row_of_id": row_of_id}, str(path))
+    with pytest.raises(weights.ModelFileError, match=f"{path}: .*{message}"):
+        weights.load_model(tmp_path)

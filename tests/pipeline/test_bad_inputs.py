@@ -151,6 +151,17 @@ def mismatched_config(model_dir: Path) -> None:
     (model_dir / "config.json").write_text(json.dumps(config))
 
 
+def another_models_vocabulary(model_dir: Path) -> None:
+    """A valid map of shared embedding rows that is not this model's: a seen id trades rows with an unseen one."""
+    from safetensors.torch import load_file, save_file
+
+    path = model_dir / "vocabulary.safetensors"
+    row_of_id = load_file(str(path))["row_of_id"]
+    seen, unseen = int(row_of_id.argmin()), int(row_of_id.argmax())
+    row_of_id[[seen, unseen]] = row_of_id[[unseen, seen]]
+    save_file({"row_of_id": row_of_id}, str(path))
+
+
 def pairs_without(column: str):
     def change(project):
         from datasets import load_from_disk
@@ -236,6 +247,8 @@ CASES = [
          run=generate(f"{CASE_DIR}/model"), setup=broken_model(header_length_huge)),
     Case("config.json that does not match the weights", ("config.json", "do not match"),
          run=generate(f"{CASE_DIR}/model"), setup=broken_model(mismatched_config)),
+    Case("vocabulary map of another model", ("vocabulary.safetensors", "different embeddings"),
+         run=generate(f"{CASE_DIR}/model"), setup=broken_model(another_models_vocabulary)),
     Case("config.json that is not JSON", ("config.json", "not valid JSON"),
          run=generate(f"{CASE_DIR}/model"),
          setup=broken_model(lambda m: (m / "config.json").write_text("{'n_layer': 1"))),

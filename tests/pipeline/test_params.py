@@ -8,14 +8,19 @@ from support import declared_paths
 
 from tinygpt.model.config import GPTConfig, preset
 from tinygpt.pipeline import params, paths
-from tinygpt.pipeline.params import ParamsError
-from tinygpt.pipeline.sections import SECTIONS, load_all, load_named, section_keys
+from tinygpt.pipeline.params import ParamsError, dvc_keys
+from tinygpt.pipeline.sections import SECTIONS, load_all, load_named
 
 
 def write(tmp_path, text: str) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(text)
     return path
+
+
+def section_keys(*names: str) -> list[str]:
+    """The dotted keys of these sections, as dvc.yaml lists them."""
+    return [key for name in names for key in dvc_keys(name, SECTIONS[name])]
 
 
 def test_repository_params_are_valid(repo_root):

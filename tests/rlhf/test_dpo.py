@@ -17,6 +17,7 @@ from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import CompactHead, output_head
 from tinygpt.model.hf import hf_from_gpt, is_conv1d, write_tokenizer
+from tinygpt.model.vocabulary import CompactVocabulary
 from tinygpt.rlhf import dpo
 from tinygpt.rlhf.config import DpoParams
 from tinygpt.rlhf.finetune import frozen_copy
@@ -208,6 +209,7 @@ def test_the_compact_head_gives_the_full_heads_numbers():
     policy = tiny_gpt()
     with torch.no_grad():
         policy.transformer.wte.weight[100:] = policy.transformer.wte.weight[100]
+    policy.vocabulary = CompactVocabulary.of_tokens(np.arange(100), policy.config.vocab_size)
     ref = perturbed(policy, 0.01, seed=2)
     with torch.no_grad():
         ref.transformer.wte.weight.copy_(policy.transformer.wte.weight)

@@ -20,7 +20,7 @@ from tinygpt.train import loop as train_module
 from tinygpt.train.checkpoint import CHECKPOINT_FILE
 from tinygpt.train.config import TrainParams
 from tinygpt.train.loop import NonFiniteLossError, train
-from tinygpt.train.optim import build_optimizer, build_schedule, lr_at
+from tinygpt.train.optim import WarmupCosine, build_optimizer, build_schedule
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 # A tiny, fast recipe, not the pipeline's (TrainParams() is params.yaml's): eager AdamW with light decay, no
@@ -73,6 +73,11 @@ def without_speed(rows: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def lr_at(p: TrainParams, step: int) -> float:
+    """The learning rate the schedule sets at `step` (0-based)."""
+    return p.learning_rate * WarmupCosine(p.warmup_steps, p.max_steps, p.min_lr / p.learning_rate)(step)
+
+
 def test_overfits_a_tiny_corpus(corpus, tmp_path, optimizer):
     p = dataclasses.replace(FAST, max_steps=100, eval_interval=50, checkpoint_interval=100, optimizer=optimizer)
     result = run(corpus, tmp_path / "ckpt", p)

@@ -135,9 +135,9 @@ def evaluate_model(
               for q in eval_params.prompts]
     # Seed + prompt index: one shared seed made every prompt's sample draw the same random numbers,
     # and the continuations came out near-identical.
-    samples = [inspection.sample(model, q, eval_params.sample_max_new_tokens, eval_params.sample_temperature,
-                                 eval_params.sample_top_k, eval_params.sample_top_p, eval_params.sample_seed + i,
-                                 device, precision)
+    samples = [inspection.sample_completion(model, q, eval_params.sample_max_new_tokens,
+                                            eval_params.sample_temperature, eval_params.sample_top_k,
+                                            eval_params.sample_top_p, eval_params.sample_seed + i, device, precision)
                for i, q in enumerate(eval_params.prompts)]
     val.hidden = None  # n_embd floats per val token; nobody needs them after the fit
     return EvaluationResult(metrics, cal.bins, looked, samples, decoding, val, train)

@@ -35,16 +35,9 @@ def next_tokens(model: GPT, prompt: str, top_k: int, device: torch.device, preci
     }
 
 
-def sample(
-    model: GPT,
-    prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    seed: int,
-    device: torch.device,
-    precision: str,
+def sample_completion(
+    model: GPT, prompt: str, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None,
+    seed: int, device: torch.device, precision: str,
 ) -> dict:
     """One continuation of `prompt` with the given decoding; the seed makes it repeatable."""
     idx = prompt_ids(model, prompt, device)

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from tinygpt.model.config import GPTConfig
+from tinygpt.model.vocabulary import CompactVocabulary
 
 TIED_HEAD = "lm_head.weight"  # the token embedding's tensor under a second name (weight tying)
 
@@ -113,6 +114,9 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=config.logit_bias)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        # Which ids share an embedding row (saved beside the weights): set for a model pretrained over the
+        # training vocabulary, whose compact output head is exact while the embedding stays frozen.
+        self.vocabulary: CompactVocabulary | None = None
         self.apply(self._init_weights)
         # GPT-2: each residual branch's output projection is scaled down by 1/sqrt(2 * n_layer), since
         # 2 * n_layer branches add into the residual stream and its variance would otherwise grow.

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.model.gpt import GPT
-from tinygpt.model.shortlist import CompactVocabulary
+from tinygpt.model.vocabulary import CompactVocabulary
 
 
 def sample_softmax(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -57,8 +57,8 @@ class FullHead:
 
 
 class CompactHead(FullHead):
-    """The same log-probs over the distinct rows of a frozen tied embedding: pretraining's map
-    (shortlist.CompactVocabulary), read back from the rows that are equal.
+    """The same log-probs over the distinct rows of a frozen tied embedding, by the map the model was
+    pretrained and saved with (GPT.vocabulary).
 
     A row shared by n tokens enters the softmax once with log(n) added to its logit (n equal terms
     exp(z) sum to exp(z + log n)); one of those tokens then has that row's probability divided by n. The
@@ -67,23 +67,23 @@ class CompactHead(FullHead):
 
     def __init__(self, model: GPT, vocab: CompactVocabulary):
         super().__init__(model)
-        self.vocab = vocab
+        self.vocab = vocab = CompactVocabulary(vocab.row_of_id.to(model.lm_head.weight.device))
         self.rows = model.lm_head.weight[vocab.representatives()].detach().clone()  # (rows, n_embd), frozen
 
     @classmethod
     @torch.no_grad()
     def of(cls, model: GPT, min_saving: float = 2.0) -> "CompactHead | None":
-        """The compact head of `model`, or None when too few rows repeat to be worth it (GPT-2 has none).
+        """The compact head of `model`, or None without a saved map (GPT-2) or when too few rows repeat.
 
         The rows are copied now: the caller must keep the embedding frozen (finetune.freeze_embeddings),
         or the compact head would go on scoring the old rows.
         """
-        vocab = CompactVocabulary.of_embedding(model.lm_head.weight)
-        if vocab.n_rows * min_saving > vocab.vocab_size:
+        vocab = model.vocabulary
+        if vocab is None or vocab.n_rows * min_saving > vocab.vocab_size:
             return None
         bias = model.lm_head.bias
-        if bias is not None and not equal_within_rows(bias, vocab.row_of_id, vocab.n_rows):
-            return None  # tokens of one row with different biases: only the full head is exact
+        if not vocab.holds_for(model.lm_head.weight) or (bias is not None and not vocab.holds_for(bias)):
+            return None  # the embedding or a bias differs within a row: only the full head is exact
         return cls(model, vocab)
 
     def _scaled(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -100,9 +100,8 @@ class CompactHead(FullHead):
         bias = self.model.lm_head.bias
         if bias is None:
             return None
-        vocab = self.vocab
-        summed = torch.zeros(vocab.n_rows, device=bias.device).index_add(0, vocab.row_of_id, bias.float())
-        return summed / vocab.counts
+        summed = torch.zeros(self.vocab.n_rows, device=bias.device).index_add(0, self.vocab.row_of_id, bias.float())
+        return summed / self.vocab.counts
 
     def logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         rows = self.vocab.row_of_id[ids]
@@ -124,14 +123,6 @@ class CompactHead(FullHead):
         count = self.vocab.counts[row]
         member = torch.minimum((within.clamp_min(0) * count).long(), count - 1)
         return self.vocab.ids_by_row[self.vocab.first_of_row[row] + member].squeeze(-1)
-
-
-def equal_within_rows(bias: torch.Tensor, row_of_id: torch.Tensor, n_rows: int) -> bool:
-    """Whether every row's tokens have one bias (the compact head's condition for being exact)."""
-    bias = bias.detach().float()
-    low = torch.full((n_rows,), float("inf"), device=bias.device).scatter_reduce(0, row_of_id, bias, "amin")
-    high = torch.full((n_rows,), float("-inf"), device=bias.device).scatter_reduce(0, row_of_id, bias, "amax")
-    return bool(torch.equal(low, high))
 
 
 def output_head(model: GPT, compact: bool) -> FullHead:

@@ -11,8 +11,6 @@ from tinygpt.model import weights
 from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import CONFIG_FILE, HEAD_FILE, REBUILD, WEIGHTS_FILE, ModelFileError
 
-FORMATS = ("tinygpt", "huggingface", "reward")
-
 
 def model_format(model_dir: Path) -> str:
     """'tinygpt', 'huggingface' (config.json says model_type gpt2) or 'reward' (a head beside the trunk)."""

@@ -1,6 +1,6 @@
 """The one decoding engine: the next-token rules and one KV-cache loop that every sampler runs on.
 
-`decode` runs each new token through the model once on a `KVCache` instead of re-running the whole prefix
+`decode_steps` runs each new token through the model once on a `KVCache` instead of re-running the whole prefix
 (for RLHF's 8-token prompts and 24-token continuations that is ~1/15 of the transformer work), and past the
 context slides the window. What it draws is a `draw` rule on the last hidden states:
 
@@ -51,7 +51,7 @@ def sample_next(
 
 
 @torch.no_grad()
-def decode(
+def decode_steps(
     model: GPT, prompts: torch.Tensor, max_new_tokens: int, draw: Draw, eot_id: int | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the next ids (batch,) of every prompt (batch, len), one step at a time. Needs eval mode.
@@ -100,11 +100,11 @@ def generate(
     top_p: float | None = None, eot_id: int | None = None, generator: torch.Generator | None = None,
     head: FullHead | None = None,
 ) -> torch.Tensor:
-    """Each row of `prompts` (batch, len) extended by up to `max_new_tokens` ids (see `decode`); the result
+    """Each row of `prompts` (batch, len) extended by up to `max_new_tokens` ids (see `decode_steps`); the result
     is (batch, len + new), shorter than len + max_new_tokens when every row ended early. `head`: draw
     through an output head (see `draw_rule`)."""
     draw = draw_rule(model, temperature, top_k, top_p, generator, head)
-    new = [ids[:, None] for ids in decode(model, prompts, max_new_tokens, draw, eot_id)]
+    new = [ids[:, None] for ids in decode_steps(model, prompts, max_new_tokens, draw, eot_id)]
     return torch.cat([prompts, *new], dim=1)
 
 
@@ -117,5 +117,5 @@ def stream(
     and ends the stream."""
     prompts = torch.tensor([list(prompt_ids)], dtype=torch.long, device=model.transformer.wte.weight.device)
     draw = draw_rule(model, temperature, top_k, top_p, generator, None)
-    for ids in decode(model, prompts, max_new_tokens, draw, eot_id):
+    for ids in decode_steps(model, prompts, max_new_tokens, draw, eot_id):
         yield int(ids[0])

@@ -15,8 +15,7 @@ target's weight goes to "some unseen token" (label smoothing aimed at the unseen
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from functools import cached_property
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,66 +23,7 @@ import torch.nn as nn
 
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT, ParamCounts
-
-
-@dataclass(frozen=True)
-class CompactVocabulary:
-    """Which embedding row each vocabulary id uses when ids share rows: the one map that pretraining
-    (ShortlistGPT) and the finetuning heads (tinygpt.model.heads.CompactHead) take their softmax over."""
-
-    row_of_id: torch.Tensor  # (vocab_size,) int64: id -> its row
-    counts: torch.Tensor  # (rows,) int64: how many ids share each row
-
-    @classmethod
-    def of_tokens(cls, tokens: np.ndarray, vocab_size: int) -> "CompactVocabulary":
-        """A row per id the training split uses, in id order, and one last row shared by all the others."""
-        used = np.bincount(np.asarray(tokens, dtype=np.int64), minlength=vocab_size)
-        if len(used) > vocab_size:
-            raise ValueError(f"token id {len(used) - 1} is outside the vocabulary of {vocab_size}; "
-                             "the token file does not match model.vocab_size")
-        seen = torch.from_numpy(np.flatnonzero(used))
-        row_of_id = torch.full((vocab_size,), len(seen), dtype=torch.long)
-        row_of_id[seen] = torch.arange(len(seen))
-        return cls(row_of_id, torch.bincount(row_of_id))
-
-    @classmethod
-    @torch.no_grad()
-    def of_embedding(cls, weight: torch.Tensor) -> "CompactVocabulary":
-        """The ids whose rows of a (vocab_size, n_embd) embedding are exactly equal share one row."""
-        _, row_of_id, counts = torch.unique(weight, dim=0, return_inverse=True, return_counts=True)
-        return cls(row_of_id, counts)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.row_of_id)
-
-    @property
-    def n_rows(self) -> int:
-        return len(self.counts)
-
-    @property
-    def n_shared(self) -> int:
-        """Ids in rows that more than one id uses (the tokens training never saw)."""
-        return int(self.counts[self.counts > 1].sum())
-
-    @cached_property
-    def log_counts(self) -> torch.Tensor:
-        """log(ids sharing each row), fp32: the amount a row's logit stands for in the full softmax."""
-        return self.counts.double().log().float()
-
-    @cached_property
-    def ids_by_row(self) -> torch.Tensor:
-        """Every id, grouped by row in row order (each row's ids in id order)."""
-        return torch.argsort(self.row_of_id, stable=True)
-
-    @cached_property
-    def first_of_row(self) -> torch.Tensor:
-        """Where each row's ids start in ids_by_row."""
-        return self.counts.cumsum(0) - self.counts
-
-    def representatives(self) -> torch.Tensor:
-        """One id per row (its smallest), to read each row's embedding from the full table."""
-        return self.ids_by_row[self.first_of_row]
+from tinygpt.model.vocabulary import CompactVocabulary
 
 
 def good_turing_unseen_mass(tokens: np.ndarray) -> float:
@@ -159,5 +99,6 @@ class ShortlistGPT(nn.Module):
         if "lm_head.bias" in state:  # model.logit_bias: the unseen tokens share their row's bias as its weights
             state["lm_head.bias"] = state["lm_head.bias"][self.compact_ids]
         full.load_state_dict(state)
+        full.vocabulary = self.vocab
         full.train(self.training)
         return full

@@ -12,9 +12,11 @@ from tinygpt.core import io
 from tinygpt.core.errors import TinyGptError
 from tinygpt.model.config import ConfigError, GPTConfig
 from tinygpt.model.gpt import GPT, TIED_HEAD
+from tinygpt.model.vocabulary import CompactVocabulary
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+VOCABULARY_FILE = "vocabulary.safetensors"  # GPT.vocabulary: each id's embedding row, when ids share rows
 HEAD_FILE = "head.safetensors"  # a reward model's head beside its trunk (tinygpt.rlhf.reward_model)
 REBUILD = ("rerun the stage that writes the directory (`dvc repro pretrain` for models/pretrain, likewise rlhf, "
            "dpo and reward; `dvc repro compare` for models/hf)")
@@ -25,11 +27,18 @@ class ModelFileError(TinyGptError, ValueError):
 
 
 def save_model(model: GPT, out_dir: Path) -> None:
-    """`out_dir`/model.safetensors and config.json. The tied LM head is stored once (as wte)."""
+    """`out_dir`/model.safetensors and config.json, and vocabulary.safetensors while the model's map of
+    shared embedding rows still holds. The tied LM head is stored once (as wte)."""
     out_dir = Path(out_dir)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED_HEAD}
     with io.atomic_path(out_dir / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
+    vocab = model.vocabulary
+    if vocab is not None and vocab.holds_for(model.lm_head.weight):
+        with io.atomic_path(out_dir / VOCABULARY_FILE) as tmp:
+            save_file({"row_of_id": vocab.row_of_id.to(torch.int32).cpu()}, str(tmp), metadata={"format": "pt"})
+    else:
+        (out_dir / VOCABULARY_FILE).unlink(missing_ok=True)  # a trained embedding no longer shares rows
     io.write_json(out_dir / CONFIG_FILE, model.config.to_dict())
 
 
@@ -84,10 +93,28 @@ def check_state(state: dict[str, torch.Tensor], model: GPT, path: Path) -> None:
 
 
 def load_model(model_dir: Path, device: str | torch.device = "cpu") -> GPT:
-    """A GPT with the weights in `model_dir`, in eval mode."""
+    """A GPT with the weights in `model_dir` (and its map of shared rows, if saved), in eval mode."""
     model = GPT(load_config(model_dir))
     path = Path(model_dir) / WEIGHTS_FILE
     state = read_weights(path)
     check_state(state, model, path)
     model.load_state_dict(state, strict=False)  # lm_head.weight is wte's tensor already
+    model.vocabulary = load_vocabulary(Path(model_dir) / VOCABULARY_FILE, model)
     return model.to(device).eval()
+
+
+def load_vocabulary(path: Path, model: GPT) -> CompactVocabulary | None:
+    """The saved map of shared embedding rows, checked against the weights; None when there is none."""
+    if not path.exists():
+        return None
+    row_of_id = read_weights(path).get("row_of_id")
+    vocab_size = model.config.vocab_size
+    usable = row_of_id is not None and row_of_id.shape == (vocab_size,) and not row_of_id.is_floating_point()
+    if not usable or row_of_id.min() < 0 or torch.bincount(row_of_id.long()).min() == 0:
+        raise ModelFileError(f"{path}: expected one tensor row_of_id of {vocab_size} ids (config.json's vocab_size), "
+                             f"their rows numbered from 0 with none unused; {REBUILD}")
+    vocab = CompactVocabulary(row_of_id.long())
+    if not vocab.holds_for(model.lm_head.weight):
+        raise ModelFileError(f"{path}: ids it puts in one row have different embeddings in {WEIGHTS_FILE}; "
+                             f"the two files come from different models: {REBUILD}")
+    return vocab

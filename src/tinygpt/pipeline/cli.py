@@ -46,7 +46,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
                                   top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
                                   stop_at_eot=args.stop_at_eot)
     prompt = streaming.read_prompt(args.prompt, args.prompt_file, sys.stdin)
-    streaming.generate(args.model, prompt, decoding, args.device)
+    streaming.write_continuation(args.model, prompt, decoding, args.device)
 
 
 def cmd_info(args: argparse.Namespace) -> None:

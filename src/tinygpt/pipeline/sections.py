@@ -9,8 +9,7 @@ from tinygpt.core.compute import ComputeParams
 from tinygpt.data.config import DataParams, SplitParams, TokenizeParams
 from tinygpt.eval.config import CompareParams, EvalParams
 from tinygpt.model.config import GPTConfig
-from tinygpt.pipeline.params import (PARAMS_FILE, ParamsError, TrackingParams, build_section, dvc_keys,
-                                     load_sections, read_yaml)
+from tinygpt.pipeline.params import PARAMS_FILE, ParamsError, TrackingParams, build_section, load_sections, read_yaml
 from tinygpt.rlhf.config import (BestOfNParams, DpoParams, HeldOutParams, PreferencesParams, RewardParams,
                                  RlhfParams)
 from tinygpt.train.config import TrainParams
@@ -46,11 +45,6 @@ def load_all(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     raw = read_yaml(path)
     check_known(raw)
     return {name: build_section(name, cls, raw.get(name)) for name, cls in SECTIONS.items()}
-
-
-def section_keys(*names: str) -> list[str]:
-    """The dotted keys of these sections, as dvc.yaml lists them."""
-    return [key for name in names for key in dvc_keys(name, SECTIONS[name])]
 
 
 def load_named(*names: str, path: str | Path = PARAMS_FILE):

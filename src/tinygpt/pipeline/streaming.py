@@ -82,7 +82,8 @@ def continuation(model: GPT, prompt: str, decoding: Decoding, directory: Path = 
     return tokenizer.decode_stream(tokens)
 
 
-def generate(model: str, prompt: str, decoding: Decoding, device: str = "auto", out: TextIO | None = None) -> None:
+def write_continuation(model: str, prompt: str, decoding: Decoding, device: str = "auto",
+                       out: TextIO | None = None) -> None:
     """Write MODEL's continuation of `prompt` to `out` (stdout), flushing every piece, then a newline."""
     decoding.validate()
     directory = model_dir(model)

@@ -349,9 +349,9 @@ class UntrackedRun(StageRun):
         pass
 
 
-def open_stage_run(stage: str, params: dict[str, Any], settings: TrackingParams, run_name: str | None,
-                   tags: dict[str, str] | None, system_metrics: bool) -> StageRun | None:
-    """Create the stage's MLflow run, make it the active run and log its params (None: untracked)."""
+def open_stage_run(stage: str, settings: TrackingParams, run_name: str | None, tags: dict[str, str] | None,
+                   system_metrics: bool) -> StageRun | None:
+    """Create the stage's MLflow run and make it the active run (None: untracked)."""
     import mlflow
 
     mlflow_client = open_client(settings.required)
@@ -369,11 +369,6 @@ def open_stage_run(stage: str, params: dict[str, Any], settings: TrackingParams,
     run = StageRun(mlflow_client, mlflow_run.info.run_id, stage)
     mlflow.set_tracking_uri(tracking_uri())
     with_retry(lambda: mlflow.start_run(run_id=run.run_id, log_system_metrics=system_metrics))
-    try:
-        run.log_params(params)
-    except BaseException:
-        with_retry(lambda: mlflow.end_run("FAILED"))
-        raise
     return run
 
 
@@ -394,7 +389,7 @@ def stage_run(
     `system_metrics`, MLflow samples CPU and memory use into it every 10 s while the stage runs (the
     interval is MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL)."""
     with timing.phase("logging"):
-        run = open_stage_run(stage, params, settings, run_name, tags, system_metrics)
+        run = open_stage_run(stage, settings, run_name, tags, system_metrics)
     if run is None:
         yield UntrackedRun(stage)
         return
@@ -402,6 +397,8 @@ def stage_run(
 
     status = "FAILED"
     try:
+        with timing.phase("logging"):
+            run.log_params(params)
         yield run
         run.flush()
         status = "FINISHED"

@@ -28,7 +28,6 @@ from tinygpt.rlhf.oracles import Oracle, prefer
 from tinygpt.rlhf.rollout import sample
 
 LINE_BREAKS = (198, 628)  # GPT-2 ids of "\n" and "\n\n": prompts start where a line starts
-SPLITS = ("train", "selection", "report")  # selection and report: the val split's prompts, dealt in two
 
 PAIR_FEATURES = Features(
     {

@@ -166,10 +166,3 @@ def build_schedule(optimizer: torch.optim.Optimizer | MuonWithAdamW, train_param
     if isinstance(optimizer, MuonWithAdamW):
         return SteppedAsOne({name: schedule(part) for name, part in optimizer.parts.items()})
     return schedule(optimizer)
-
-
-def lr_at(train_params: TrainParams, step: int) -> float:
-    """The learning rate of `step` (0-based), as the schedule sets it."""
-    schedule = WarmupCosine(train_params.warmup_steps, train_params.max_steps,
-                            train_params.min_lr / train_params.learning_rate)
-    return train_params.learning_rate * schedule(step)
