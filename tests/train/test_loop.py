@@ -72,12 +72,12 @@ def without_speed(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
 
 
-@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def lr_at(p: TrainParams, step: int) -> float:
     """The learning rate the schedule sets at `step` (0-based)."""
     return p.learning_rate * WarmupCosine(p.warmup_steps, p.max_steps, p.min_lr / p.learning_rate)(step)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_overfits_a_tiny_corpus(corpus, tmp_path, optimizer):
     p = dataclasses.replace(FAST, max_steps=100, eval_interval=50, checkpoint_interval=100, optimizer=optimizer)
     result = run(corpus, tmp_path / "ckpt", p)
