@@ -2,7 +2,7 @@
 frozen copy of it; evaluated on both held-out sets like PPO (the reward model only scores the held-out
 continuations, DPO never sees it; with dpo.pairs: reward_ranked it also ranks the reference's samples of
 the train prompts into the training pairs), the reported step chosen on the selection set.
-In: models/pretrain/, models/reward/, data/preferences/, data/split/train.bin (dpo.ptx_coef), data/split/val.bin.
+In: models/pretrain/, models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/, data/split/train.bin (dpo.ptx_coef), data/split/val.bin.
 Out: models/dpo/, metrics/dpo.json, plots/dpo/, reports/dpo/samples.md."""
 
 import torch
@@ -14,13 +14,14 @@ from tinygpt.data.tokens import read_tokens
 from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.outputs.best_of_n import read_samples
 from tinygpt.pipeline.outputs.dpo import write_outputs
 from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf import dpo
 from tinygpt.rlhf.config import DpoParams, HeldOutParams, PreferencesParams
 from tinygpt.rlhf.finetune import frozen_copy
 from tinygpt.rlhf.frontier import FrontierTracker
-from tinygpt.rlhf.heldout import EvalTask
+from tinygpt.rlhf.heldout import EvalTask, reference_evaluation
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.preferences import load_pairs, load_prompts
 from tinygpt.rlhf.ranked_pairs import reward_ranked_pairs
@@ -53,7 +54,9 @@ def main() -> None:
                 oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
             )
             pairs = load_pairs(paths.PREFERENCE_PAIRS)
-        tracker = FrontierTracker(ref, task, run.log_step)
+        with timing.phase("evaluation"):  # the baseline: best_of_n's reference samples (heldout.reference_evaluation)
+            reference = reference_evaluation(ref, task, read_samples(paths.BEST_OF_N_SCORES))
+        tracker = FrontierTracker(ref, task, reference, run.log_step)
         train_pairs = pairs["train"]
         if ranked:  # samples of the reference, judged by the reward model
             with timing.phase("sampling"):

@@ -2,7 +2,7 @@
 frozen copy. Evaluated on both held-out sets every `rlhf.eval_interval` steps; the step reported (and
 saved) is chosen on the selection set within the KL and perplexity budgets, its report-set numbers are
 the headline.
-In: models/pretrain/, models/reward/, data/preferences/prompts/, data/split/{train,val}.bin.
+In: models/pretrain/, models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/prompts/, data/split/{train,val}.bin.
 Out: models/rlhf/, metrics/rlhf.json, plots/rlhf/, reports/rlhf/samples.md."""
 
 import torch
@@ -14,12 +14,13 @@ from tinygpt.data.tokens import read_tokens
 from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.outputs.best_of_n import read_samples
 from tinygpt.pipeline.outputs.rlhf import write_outputs
 from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf.config import HeldOutParams, PreferencesParams, RlhfParams
 from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
 from tinygpt.rlhf.frontier import FrontierTracker
-from tinygpt.rlhf.heldout import EvalTask
+from tinygpt.rlhf.heldout import EvalTask, reference_evaluation
 from tinygpt.rlhf.oracles import Oracle
 from tinygpt.rlhf.preferences import load_prompts
 from tinygpt.rlhf.reward_model import load_reward_model
@@ -47,7 +48,9 @@ def main() -> None:
                 max_new_tokens=preferences_params.continuation_tokens,  # the reward model was trained on this length
                 oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
             )
-        tracker = FrontierTracker(ref, task, run.log_step)
+        with timing.phase("evaluation"):  # the baseline: best_of_n's reference samples (heldout.reference_evaluation)
+            reference = reference_evaluation(ref, task, read_samples(paths.BEST_OF_N_SCORES))
+        tracker = FrontierTracker(ref, task, reference, run.log_step)
         with timing.phase("training"):  # its evaluations count as evaluation (FrontierTracker)
             history = train_ppo(
                 policy, ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"), rlhf_params,

@@ -18,6 +18,7 @@ from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import save_model
 from tinygpt.pipeline import paths
 from tinygpt.pipeline.cli import run_stage
+from tinygpt.pipeline.outputs.best_of_n import read_samples
 from tinygpt.rlhf import preferences as prefs
 from tinygpt.rlhf import reward_model as rm
 from tinygpt.rlhf.config import PreferencesParams, RlhfParams
@@ -172,6 +173,13 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
     dpo = io.read_json(paths.metrics_file("dpo"))
     assert dpo["steps"] == 3 and sorted(set(pd.read_csv(paths.DPO_FRONTIER_CSV)["step"])) == [0, 2, 3]
     assert 0.0 <= dpo["pairs"]["report"]["accuracy"] <= 1.0 and (paths.DPO_DIR / "model.safetensors").exists()
+    # one baseline: every method's gain is against best-of-n's reference samples (8 per prompt here)
+    scores = pd.read_csv(paths.BEST_OF_N_SCORES, keep_default_na=False)
+    reference = scores[scores["set"] == "report"]
+    for stage_metrics in (metrics, dpo):
+        assert stage_metrics["before"]["oracle_mean"] == pytest.approx(reference["gold"].mean())
+        assert stage_metrics["before"]["reward_model_mean"] == pytest.approx(reference["proxy"].mean(), abs=1e-5)
+    assert read_samples(paths.BEST_OF_N_SCORES)["report"].texts == reference["text"].tolist()
     summary = io.read_json(paths.metrics_file("frontier"))
     for method, stage_metrics in (("ppo", metrics), ("dpo", dpo)):
         assert summary[method]["selected_step"] == stage_metrics["selected_step"]
@@ -218,7 +226,7 @@ def test_dpo_on_reward_ranked_pairs(tmp_path, monkeypatch, mlflow_uri, pretraine
     tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root,
                       dpo={"pairs": "reward_ranked", "ranked_samples": 4, "ranked_pairs": 2, "ptx_coef": 0.5,
                            "epochs": 2})
-    for stage in ("preferences", "reward", "dpo"):
+    for stage in ("preferences", "reward", "best_of_n", "dpo"):
         run(stage)
     metrics = io.read_json(paths.metrics_file("dpo"))
     trained = metrics["training_pairs"]

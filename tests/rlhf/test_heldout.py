@@ -1,8 +1,10 @@
-"""Held-out evaluation: standard errors by prompt and paired gains."""
+"""Held-out evaluation: standard errors by prompt, paired gains and the one baseline."""
 import numpy as np
 import pytest
+import torch
 
-from tinygpt.rlhf.heldout import Evaluation, HeldOut, change
+from tinygpt.core.errors import TinyGptError
+from tinygpt.rlhf.heldout import EvalTask, Evaluation, HeldOut, change, reference_evaluation
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -22,3 +24,18 @@ def test_standard_errors_are_across_prompts_and_gains_are_paired():
     gains = change(before, after, "report")
     assert gains["oracle_mean"] == pytest.approx(1.25) and gains["oracle_se"] == pytest.approx(0.25)
     assert gains["val_perplexity_relative"] == pytest.approx(np.exp(0.1) - 1)
+
+
+def test_a_baseline_with_more_samples_per_prompt_pairs_by_prompt_means():
+    # best_of_n's 4 reference samples per prompt against a policy's 2: each side's mean per prompt
+    before = Evaluation({"report": held([0.0, 0.0, 0.0, 4.0, 1.0, 1.0, 1.0, 1.0], 4)}, 1.0, np.e)
+    after = Evaluation({"report": held([2.0, 2.0, 3.0, 3.0], 2)}, 1.0, np.e)
+    gains = change(before, after, "report")
+    assert gains["oracle_mean"] == pytest.approx(((2 - 1) + (3 - 1)) / 2)
+    assert gains["oracle_se"] == pytest.approx(np.std([1.0, 2.0], ddof=1) / np.sqrt(2))
+
+
+def test_the_baseline_must_cover_every_held_out_prompt():
+    task = EvalTask(None, {"report": torch.zeros(3, 4, dtype=torch.long)}, np.zeros(10), None, 8, None, "fp32")
+    with pytest.raises(TinyGptError, match="scores.csv.*3 report prompts.*dvc repro best_of_n"):
+        reference_evaluation(None, task, {"report": held([0.0] * 4, 2)})  # 2 prompts' samples for 3

@@ -65,10 +65,10 @@ class CompactVocabulary:
         return self.ids_by_row[self.first_of_row]
 
     @torch.no_grad()
-    def holds_for(self, values: torch.Tensor) -> bool:
+    def holds_for(self, values: torch.Tensor, atol: float = 0.0) -> bool:
         """Whether the ids of each row have equal entries in `values` (vocab_size, ...), an embedding or a
-        logit bias: true after pretraining and while finetuning keeps the embedding frozen."""
+        logit bias (to within `atol`): true after pretraining and while finetuning keeps the embedding frozen."""
         if len(values) != self.vocab_size:
             return False
-        ids = self.representatives().to(values.device)
-        return torch.equal(values, values[ids][self.row_of_id.to(values.device)])
+        tied = values[self.representatives().to(values.device)][self.row_of_id.to(values.device)]
+        return torch.equal(values, tied) if atol == 0 else torch.allclose(values, tied, rtol=0.0, atol=atol)

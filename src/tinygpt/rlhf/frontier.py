@@ -44,13 +44,13 @@ def select_point(table: pd.DataFrame, kl_budget: float, perplexity_budget: float
 
 class FrontierTracker:
     """Evaluates a finetuning run at its checkpoints on both held-out sets, keeps the frontier's rows,
-    and keeps a copy of the model at the point `select_point` picks so far (step 0 is the reference)."""
+    and keeps a copy of the model at the point `select_point` picks so far (step 0 is the reference,
+    `reference` its evaluation: heldout.reference_evaluation, the baseline best-of-n shares)."""
 
-    def __init__(self, ref: GPT, task: EvalTask, log: Callable[[int, dict], None] = lambda step, metrics: None):
-        self.ref, self.task, self.log = ref, task, log
+    def __init__(self, ref: GPT, task: EvalTask, reference: Evaluation,
+                 log: Callable[[int, dict], None] = lambda step, metrics: None):
+        self.ref, self.task, self.log, self.reference = ref, task, log, reference
         self.kl_budget, self.perplexity_budget = task.heldout_params.kl_budget, task.heldout_params.perplexity_budget
-        with timing.phase("evaluation"):
-            self.reference = evaluate_policy(ref, ref, task)
         self.rows = frontier_rows(0, self.reference, self.reference)
         self.selected_step, self.selected_model, self.selected = 0, copy.deepcopy(ref), self.reference
         self.last_step, self.last = 0, self.reference

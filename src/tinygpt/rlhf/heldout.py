@@ -13,6 +13,7 @@ import torch
 
 from tinygpt.core import figures
 from tinygpt.core.device import autocast
+from tinygpt.core.errors import TinyGptError
 from tinygpt.core.stats import sem
 from tinygpt.data.tokenizer import decode
 from tinygpt.eval.likelihood import val_nll
@@ -131,9 +132,22 @@ def evaluate_policy(model: GPT, ref: GPT, task: EvalTask) -> Evaluation:
     return Evaluation(sets, loss, math.exp(loss))
 
 
+def reference_evaluation(ref: GPT, task: EvalTask, samples: dict[str, HeldOut]) -> Evaluation:
+    """The one baseline of every method's gain: the best_of_n stage's reference samples of each held-out
+    set (best_of_n.max_n per prompt, so the reference's mean is measured once, closely, for all methods)
+    and the reference's val perplexity."""
+    for name, prompts in task.prompts.items():
+        if name not in samples or len(samples[name].gold) != len(prompts) * samples[name].samples_per_prompt:
+            raise TinyGptError(f"the best_of_n stage's reference samples (data/best_of_n/scores.csv) do not "
+                               f"cover the {len(prompts)} {name} prompts: rerun it (dvc repro best_of_n)")
+    loss = val_nll(ref, task.val_tokens, task.precision)
+    return Evaluation({name: samples[name] for name in task.prompts}, loss, math.exp(loss))
+
+
 def change(before: Evaluation, after: Evaluation, held_out_set: str) -> dict[str, float]:
-    """What finetuning changed on one set: score gains with their paired standard errors (per prompt,
-    the same prompts and seed before and after) and the relative change in val perplexity."""
+    """What finetuning changed on one set: score gains with their paired standard errors (per prompt: the
+    same prompts before and after, each side's mean over its own samples of the prompt) and the relative
+    change in val perplexity."""
     b, a = before.sets[held_out_set], after.sets[held_out_set]
     gold_gain = a.per_prompt(a.gold) - b.per_prompt(b.gold)
     proxy_gain = a.per_prompt(a.reward) - b.per_prompt(b.reward)
@@ -145,16 +159,17 @@ def change(before: Evaluation, after: Evaluation, held_out_set: str) -> dict[str
     }
 
 
-def samples_table(prompts: np.ndarray, before: HeldOut, after: HeldOut, samples: int, rows: int) -> pd.DataFrame:
+def samples_table(prompts: np.ndarray, before: HeldOut, after: HeldOut, rows: int) -> pd.DataFrame:
     """The first continuation of the first `rows` prompts, before and after, with their gold scores."""
-    picked = [i * samples for i in range(min(rows, len(prompts)))]
+    shown = range(min(rows, len(prompts)))
+    b, a = ([i * h.samples_per_prompt for i in shown] for h in (before, after))
     return pd.DataFrame(
         {
-            "prompt": [decode(prompts[i // samples].tolist()) for i in picked],
-            "before (reference)": [before.texts[i] for i in picked],
-            "gold before": [before.gold[i] for i in picked],
-            "after (policy)": [after.texts[i] for i in picked],
-            "gold after": [after.gold[i] for i in picked],
+            "prompt": [decode(prompts[i].tolist()) for i in shown],
+            "before (reference)": [before.texts[i] for i in b],
+            "gold before": [before.gold[i] for i in b],
+            "after (policy)": [after.texts[i] for i in a],
+            "gold after": [after.gold[i] for i in a],
         }
     )
 

@@ -31,5 +31,5 @@ def write_frontier_and_samples(tracker: FrontierTracker, task: EvalTask, frontie
     io.write_text(frontier_csv, tracker.table().to_csv(index=False, float_format="%.6g"))
     settings = task.heldout_params
     samples = samples_table(task.prompts["report"].cpu().numpy(), tracker.reference.sets["report"],
-                            tracker.selected.sets["report"], settings.samples_per_prompt, TABLE_SAMPLES)
+                            tracker.selected.sets["report"], TABLE_SAMPLES)
     io.write_text(samples_md, policy_samples_markdown(samples, task.oracle, settings.seed))
