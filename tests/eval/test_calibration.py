@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tinygpt.eval import calibration as cal
+from tinygpt.eval.likelihood import LogitHead
 
 
 def test_bin_index_edges_belong_to_the_bin_they_close():
@@ -98,7 +99,7 @@ def synthetic(n=8000, width=8, vocab=32, scale=1.0, seed=0):
     weight = torch.randn(vocab, width, generator=g) * 0.7
     probs = torch.softmax(hidden @ weight.T, dim=-1)
     targets = torch.multinomial(probs, 1, generator=g).squeeze(-1)
-    return hidden, targets, (lambda h: (h @ weight.T * scale).float())
+    return hidden, targets, LogitHead(lambda h: (h @ weight.T * scale).float())
 
 
 def direct_nll(head, hidden, targets, temperature):

@@ -1,5 +1,6 @@
 """evaluate_model's numbers and their relations, inspection and samples, the files it writes, params
 errors, and the evaluate stage end to end in a temp project with a temp MLflow store."""
+import copy
 import json
 import math
 
@@ -18,10 +19,11 @@ from tinygpt.data.tokens import write_tokens
 from tinygpt.eval import calibration, inspection
 from tinygpt.eval.config import EvalParams
 from tinygpt.eval.evaluate import evaluate_model, text_bytes, window_shape
-from tinygpt.eval.likelihood import lm_head_logits, split_nll
+from tinygpt.eval.likelihood import LogitHead, lm_head_logits, split_nll
 from tinygpt.model import weights
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
+from tinygpt.model.shortlist import CompactVocabulary, ShortlistGPT
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.evaluate import write_evaluation
@@ -126,7 +128,7 @@ def test_fitted_temperature_undoes_a_scaling_of_the_logits(splits):
     val = split_nll(model, splits[0], 32, 16, batch_size=8, keep_hidden=True)
     head = lm_head_logits(model, torch.device("cpu"), "fp32")
     once = calibration.fit_temperature(head, val.hidden, val.targets)
-    twice = calibration.fit_temperature(lambda h: 2 * head(h), val.hidden, val.targets)
+    twice = calibration.fit_temperature(LogitHead(lambda h: 2 * head(h), head.vocab), val.hidden, val.targets)
     assert twice.temperature == pytest.approx(2 * once.temperature, rel=1e-4)
     assert twice.nll == pytest.approx(once.nll, rel=1e-5)
 
@@ -225,3 +227,26 @@ def test_stage_bad_params_exit_cleanly(tmp_path, monkeypatch, mlflow_uri, splits
     assert exit_info.value.code == 1
     assert "eval.stride" in capsys.readouterr().err
     assert not paths.metrics_file("evaluate").exists()
+
+
+def test_a_model_with_a_saved_map_is_scored_through_the_compact_head_with_the_full_heads_numbers():
+    # Pretrained over a training vocabulary: every id the text below never uses shares one embedding row.
+    text = tokens_of(TEXT * 3)
+    vocab = CompactVocabulary.of_tokens(text, tokenizer.N_VOCAB)
+    torch.manual_seed(3)
+    model = ShortlistGPT(GPTConfig(vocab_size=tokenizer.N_VOCAB, block_size=32, n_layer=1, n_head=2, n_embd=16),
+                         vocab).to_full().eval()
+    full = copy.deepcopy(model)
+    full.vocabulary = None  # no map: the 50,257-row head
+    assert lm_head_logits(model, torch.device("cpu"), "fp32").vocab is not None
+    assert lm_head_logits(full, torch.device("cpu"), "fp32").vocab is None
+    val = tokens_of(TEXT.replace("speak", "sing"))  # some val ids fall in the shared row
+    assert (vocab.counts[vocab.row_of_id[torch.as_tensor(val.astype(np.int64))]] > 1).any()
+    ours, theirs = (evaluate_model(m, EvalParams(**SMALL), val, text_bytes(val), compute=CPU_FP32).metrics
+                    for m in (model, full))
+    for key in ("loss", "accuracy"):
+        assert ours["val"][key] == pytest.approx(theirs["val"][key], rel=1e-5)
+    for key in ("ece", "brier", "temperature"):
+        assert ours["calibration"][key] == pytest.approx(theirs["calibration"][key], rel=1e-4, abs=1e-6)
+    assert ours["calibration"]["temperature_fit"]["nll_after"] == pytest.approx(
+        theirs["calibration"]["temperature_fit"]["nll_after"], rel=1e-5)

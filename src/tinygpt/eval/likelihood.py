@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode
 from tinygpt.model.gpt import GPT
-from tinygpt.model.heads import output_head
+from tinygpt.model.heads import CompactHead, output_head
+from tinygpt.model.vocabulary import CompactVocabulary
 
 # Rows of fp32 logits formed at once, whatever the batch and context: 256 x 50257 x 4 bytes ~ 51 MB.
 # Small enough that the allocator reuses the buffers; chunks of 400 MB+ came fresh from the OS each time
@@ -104,20 +105,49 @@ def bits_per_byte(total_nll: float, n_bytes: int) -> float:
     return total_nll / (math.log(2) * n_bytes)
 
 
-def position_stats(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> PositionStats:
-    """NLL, top-1 probability and top-1 correctness of logits (rows, vocab) at a temperature, in fp32.
+@dataclass
+class LogitHead:
+    """hidden rows -> fp32 logits over the output's rows, and what keeps statistics over those rows exact
+    for the whole vocabulary. The rows are every id (`vocab` None), or the compact head's distinct
+    embedding rows (tinygpt.model.heads.CompactHead, 4.5x fewer): a row's logit is then the logit of each of
+    its tokens, and it enters a softmax's normaliser once per token (log-count added)."""
 
-    From logsumexp, max and a gather, without materialising the (rows, vocab) log-probabilities.
-    """
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    vocab: CompactVocabulary | None = None
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.logits(hidden)
+
+    def counted(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits `z` (already divided by any temperature) plus each row's log multiplicity: their softmax
+        is the full vocabulary's, each row carrying its tokens' total probability."""
+        return z if self.vocab is None else z + self.vocab.log_counts
+
+    def normaliser(self, z: torch.Tensor) -> torch.Tensor:
+        """The full vocabulary's logsumexp of logits `z`."""
+        return torch.logsumexp(self.counted(z), dim=-1)
+
+    def row_of(self, ids: torch.Tensor) -> torch.Tensor:
+        return ids if self.vocab is None else self.vocab.row_of_id[ids]
+
+    def id_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """The id the full head's argmax gives for a row: its smallest (ties go to the first index)."""
+        return rows if self.vocab is None else self.vocab.representatives()[rows]
+
+
+def position_stats(head: LogitHead, logits: torch.Tensor, targets: torch.Tensor,
+                   temperature: float = 1.0) -> PositionStats:
+    """NLL, top-1 probability and top-1 correctness of `head`'s logits (rows, head rows) at a temperature,
+    in fp32. From logsumexp, max and a gather, without materialising the log-probabilities."""
     z = logits.float() if temperature == 1.0 else logits.float() / temperature
     targets = targets.to(z.device)
-    lse = torch.logsumexp(z, dim=-1)
-    top_z, top_id = z.max(dim=-1)
-    nll = lse - z.gather(-1, targets[:, None]).squeeze(-1)
+    lse = head.normaliser(z)
+    top_z, top_row = z.max(dim=-1)
+    nll = lse - z.gather(-1, head.row_of(targets)[:, None]).squeeze(-1)
     return PositionStats(
         nll=nll.cpu().numpy().astype(np.float32),
         confidence=torch.exp(top_z - lse).cpu().numpy().astype(np.float32),
-        correct=(top_id == targets).cpu().numpy(),
+        correct=(head.id_of(top_row) == targets).cpu().numpy(),
     )
 
 
@@ -129,14 +159,16 @@ def concat_stats(parts: Sequence[PositionStats]) -> PositionStats:
     )
 
 
-def lm_head_logits(model: GPT, device: torch.device, precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """hidden rows -> fp32 logits, with the same device and autocast as the evaluation pass."""
+def lm_head_logits(model: GPT, device: torch.device, precision: str) -> LogitHead:
+    """The model's output layer as a LogitHead, with the same device and autocast as the evaluation pass:
+    over the compact rows when the model has a saved map (tinygpt.model.heads.output_head), else every id."""
+    head = output_head(model, compact=True)
 
-    def head(hidden: torch.Tensor) -> torch.Tensor:
+    def logits(hidden: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast(device, precision):
-            return model.lm_head(hidden.to(device)).float()
+            return head.logits(hidden.to(device))
 
-    return head
+    return LogitHead(logits, head.vocab if isinstance(head, CompactHead) else None)
 
 
 def row_chunks(n_rows: int, rows: int | None = None) -> Iterator[slice]:
@@ -204,7 +236,7 @@ def split_nll(
                 hidden = model.hidden_states(x)[mask]  # (scored rows, n_embd), in text order
             targets = y[mask]
             for rows in row_chunks(len(targets)):
-                stats.append(position_stats(head(hidden[rows]), targets[rows]))
+                stats.append(position_stats(head, head(hidden[rows]), targets[rows]))
             if keep_hidden:
                 hidden_parts.append(hidden.float().cpu())
                 target_parts.append(targets.cpu())

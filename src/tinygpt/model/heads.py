@@ -42,8 +42,13 @@ class FullHead:
     def __init__(self, model: GPT):
         self.model = model
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits over the head's output rows (here every id): the softmax runs in fp32, whatever the
+        matmul precision."""
+        return self.model.lm_head(hidden).float()
+
     def _scaled(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-        logits = self.model.lm_head(hidden).float()  # softmax in fp32, whatever the matmul precision
+        logits = self.logits(hidden)
         return logits if temperature == 1.0 else logits / temperature
 
     def logprobs(self, hidden: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -95,13 +100,15 @@ class CompactHead(FullHead):
             return None  # the embedding or a bias differs within a row: only the full head is exact
         return cls(model, vocab)
 
-    def _scaled(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
-        """Logits over the distinct rows, log-counts added: their logsumexp is the full vocabulary's."""
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """fp32 logits over the distinct rows: each is the logit of every one of the row's tokens."""
         logits = F.linear(hidden, self.rows.to(hidden.dtype)).float()
         bias = self.row_bias()
-        logits = logits if bias is None else logits + bias
-        logits = logits if temperature == 1.0 else logits / temperature
-        return logits + self.vocab.log_counts
+        return logits if bias is None else logits + bias
+
+    def _scaled(self, hidden: torch.Tensor, temperature: float) -> torch.Tensor:
+        """Logits over the distinct rows, log-counts added: their logsumexp is the full vocabulary's."""
+        return super()._scaled(hidden, temperature) + self.vocab.log_counts
 
     def row_bias(self) -> torch.Tensor | None:
         """Each row's logit bias (fp32): the mean over its tokens, so each of them gets 1/n of the row's
