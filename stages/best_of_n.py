@@ -1,7 +1,8 @@
 """Stage best_of_n: the reranking baseline. `best_of_n.max_n` reference samples per held-out prompt (the
-selection and the report set), scored by the reward model (proxy) and the oracle (gold); the curve of
-gold against the analytic KL for n = 1, 2, 4, ..., max_n; and soft best-of-max_n (the reward model's
-KL-optimal tilt of the reference) on the same samples at each of best_of_n.soft_betas.
+selection and the report set), scored by the reward model (proxy), the oracle (gold) and its held-out
+gold (if it has one); the curve of both golds against the analytic KL for n = 1, 2, 4, ..., max_n; and
+soft best-of-max_n (the reward model's KL-optimal tilt of the reference) on the same samples at each of
+best_of_n.soft_betas.
 In: models/pretrain/, models/reward/, data/preferences/prompts/.
 Out: data/best_of_n/scores.csv, plots/best_of_n/curve.csv, plots/best_of_n/soft.csv, metrics/best_of_n.json."""
 
@@ -45,16 +46,17 @@ def main() -> None:
                     reference, reference, reward_model, prompts, bon.max_n, preferences_params.continuation_tokens,
                     settings.temperature, settings.seed, oracle, precision, settings.batch_size,
                 )
-            shape = (len(prompts), bon.max_n)
-            proxy, gold = samples[held_out_set].reward.reshape(shape), samples[held_out_set].gold.reshape(shape)
-            curves[held_out_set] = best_of_n_curve(proxy, gold, bon.max_n)
-            soft[held_out_set] = soft_best_of_n_curve(proxy, gold, bon.soft_betas)
+            s, shape = samples[held_out_set], (len(prompts), bon.max_n)
+            proxy, gold = s.reward.reshape(shape), s.gold.reshape(shape)
+            heldout = None if s.heldout_gold is None else s.heldout_gold.reshape(shape)
+            curves[held_out_set] = best_of_n_curve(proxy, gold, bon.max_n, heldout)
+            soft[held_out_set] = soft_best_of_n_curve(proxy, gold, bon.soft_betas, heldout)
         write_outputs(samples, curves, soft)
         metrics = {
             **{name: curve.set_index("n").to_dict(orient="index") for name, curve in curves.items()},
             "soft": {name: {f"beta_{row.pop('beta'):g}": row for row in table.to_dict(orient="records")}
                      for name, table in soft.items()},
-            "precision": precision,
+            "heldout_gold": oracle.heldout_name, "precision": precision,
         }
         artifacts = [paths.BEST_OF_N_CURVE_CSV.parent]
         io.write_json(paths.metrics_file("best_of_n"), run.finish(metrics, artifacts=artifacts))

@@ -11,9 +11,13 @@ from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.frontier import write_outputs
 from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf.config import PreferencesParams
-from tinygpt.rlhf.frontier import against_best_of_n
+from tinygpt.rlhf.frontier import Golds, against_best_of_n
+from tinygpt.rlhf.oracles import HELDOUT_GOLD
 
 METHODS = {"PPO": ("rlhf", paths.RLHF_FRONTIER_CSV), "DPO": ("dpo", paths.DPO_FRONTIER_CSV)}
+# A reported point's numbers (the held-out gold's where the oracle has one)
+POINT_KEYS = ("kl", "gold_gain", "gold_gain_se", "proxy_gain", "heldout_gold_gain", "heldout_gold_gain_se",
+              "val_perplexity_relative")
 
 
 def main() -> None:
@@ -30,20 +34,23 @@ def main() -> None:
             runs[method] = (table, selected)
             row = table[(table["set"] == "report") & (table["step"] == selected)].iloc[0].to_dict()
             metrics[method.lower()] = {
-                "selected_step": selected, "kl": row["kl"], "gold_gain": row["gold_gain"],
-                "gold_gain_se": row["gold_gain_se"], "proxy_gain": row["proxy_gain"],
-                "val_perplexity_relative": row["val_perplexity_relative"], **against_best_of_n(row, best_of_n),
+                "selected_step": selected,
+                **{k: row[k] for k in POINT_KEYS if k in row}, **against_best_of_n(row, best_of_n),
             }
-        write_outputs(best_of_n, runs, p.preferences.oracle, soft)
+        golds = Golds(p.preferences.oracle, HELDOUT_GOLD[p.preferences.oracle])
+        write_outputs(best_of_n, runs, golds, soft)
         at = best_of_n.set_index("n")
-        metrics["best_of_n"] = {f"n{n}": {"kl": at.loc[n, "kl"], "gold_gain": at.loc[n, "gold_gain"],
-                                          "gold_gain_se": at.loc[n, "gold_gain_se"]} for n in at.index}
+        curve_keys = ("kl", "gold_gain", "gold_gain_se", "heldout_gold_gain", "heldout_gold_gain_se")
+        metrics["best_of_n"] = {f"n{n}": {k: at.loc[n, k] for k in curve_keys if k in at} for n in at.index}
+        metrics["heldout_gold"] = golds.heldout
         io.write_json(paths.metrics_file("frontier"), run.finish(metrics, artifacts=[paths.FRONTIER_PLOTS,
                                                                                       paths.FRONTIER_REPORTS]))
         for method in METHODS:
             m = metrics[method.lower()]
-            print(f"frontier: {method} gold gain {m['gold_gain']:+.3f} at KL {m['kl']:.2f}; best-of-n there "
-                  f"{m['best_of_n_gold_gain_at_kl']:+.3f} ({m['gain_over_best_of_n']:+.3f})")
+            there = ("beyond the measured best-of-n curve (to KL {:.2f}): no comparison".format(m["best_of_n_max_kl"])
+                     if m["beyond_best_of_n_curve"] else
+                     f"best-of-n there {m['best_of_n_gold_gain_at_kl']:+.3f} ({m['gain_over_best_of_n']:+.3f})")
+            print(f"frontier: {method} gold gain {m['gold_gain']:+.3f} at KL {m['kl']:.2f}; {there}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pytest
 
 from tinygpt.core.errors import ParamsError
 from tinygpt.rlhf.best_of_n import (analytic_kl, best_of_n_curve,
-                                    best_of_n_values, gold_gain_at,
+                                    best_of_n_values, gain_at,
                                     soft_best_of_n_curve, soft_kl_bound,
                                     soft_weights, subset_argmax_weights)
 from tinygpt.rlhf.config import BestOfNParams
@@ -53,18 +53,17 @@ def test_analytic_kl_matches_the_exact_kl_of_best_of_n_on_many_distinct_outcomes
     assert analytic_kl(1) == 0.0
 
 
-def test_curve_gains_are_against_n_1_and_interpolation_flags_extrapolation():
+def test_curve_gains_are_against_n_1_and_nothing_is_read_past_the_curve():
     rng = np.random.default_rng(1)
     proxy = rng.normal(size=(50, 16))
     gold = proxy + rng.normal(size=(50, 16))  # gold follows the proxy: best-of-n gains
     curve = best_of_n_curve(proxy, gold, 16)
     assert curve["n"].tolist() == [1, 2, 4, 8, 16] and curve["gold_gain"].iloc[0] == pytest.approx(0.0, abs=1e-12)
     assert curve["gold_gain"].is_monotonic_increasing and (curve["gold_se"] > 0).all()
-    gain, beyond = gold_gain_at(curve, curve["kl"].iloc[2])
-    assert gain == pytest.approx(curve["gold_gain"].iloc[2]) and not beyond
+    assert gain_at(curve, curve["kl"].iloc[2]) == pytest.approx(curve["gold_gain"].iloc[2])
     mid = (curve["kl"].iloc[1] + curve["kl"].iloc[2]) / 2
-    assert gold_gain_at(curve, mid)[0] == pytest.approx(curve["gold_gain"].iloc[1:3].mean())
-    assert gold_gain_at(curve, 10.0) == (pytest.approx(curve["gold_gain"].max()), True)
+    assert gain_at(curve, mid) == pytest.approx(curve["gold_gain"].iloc[1:3].mean())
+    assert gain_at(curve, 10.0) is None  # past the largest n: not measured, so no number
     assert math.isclose(curve["kl"].iloc[-1], analytic_kl(16))
 
 
@@ -110,3 +109,15 @@ def test_soft_betas_must_be_positive_numbers_naming_the_entry(betas, key):
     BestOfNParams().validate()
     with pytest.raises(ParamsError, match=key):
         BestOfNParams(soft_betas=betas).validate()
+
+
+def test_the_held_out_gold_is_scored_on_the_same_picks():
+    rng = np.random.default_rng(2)
+    proxy = rng.normal(size=(40, 8))
+    gold = proxy + rng.normal(size=(40, 8))
+    curve = best_of_n_curve(proxy, gold, 8, heldout_gold=2 * gold)  # a held-out gold that doubles the gold
+    assert np.allclose(curve["heldout_gold_gain"], 2 * curve["gold_gain"])
+    assert np.allclose(curve["heldout_gold_gain_se"], 2 * curve["gold_gain_se"])
+    soft = soft_best_of_n_curve(proxy, gold, [1.0, 0.1], heldout_gold=-gold)
+    assert np.allclose(soft["heldout_gold_gain"], -soft["gold_gain"])
+    assert "heldout_gold_gain" not in best_of_n_curve(proxy, gold, 8)

@@ -158,6 +158,7 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
 
     metrics = io.read_json(paths.metrics_file("rlhf"))
     assert metrics["before"]["kl_mean"] == 0.0 and metrics["last"]["kl_mean"] != 0.0  # it moved
+    assert "heldout_oracle_mean" not in metrics["change"]  # the keyword oracle has no held-out gold
     assert metrics["change"]["oracle_mean"] == pytest.approx(
         metrics["after"]["oracle_mean"] - metrics["before"]["oracle_mean"])
     frontier = pd.read_csv(paths.RLHF_FRONTIER_CSV)  # the reference, every 2 steps and the last, both sets
@@ -184,8 +185,9 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
     for method, stage_metrics in (("ppo", metrics), ("dpo", dpo)):
         assert summary[method]["selected_step"] == stage_metrics["selected_step"]
         assert summary[method]["gold_gain"] == pytest.approx(stage_metrics["change"]["oracle_mean"], abs=1e-5)
-        assert summary[method]["gain_over_best_of_n"] == pytest.approx(
-            summary[method]["gold_gain"] - summary[method]["best_of_n_gold_gain_at_kl"])
+        if not summary[method]["beyond_best_of_n_curve"]:
+            assert summary[method]["gain_over_best_of_n"] == pytest.approx(
+                summary[method]["gold_gain"] - summary[method]["best_of_n_gold_gain_at_kl"])
     assert paths.FRONTIER_PNG.stat().st_size > 1000 and "## PPO" in paths.FRONTIER_TABLE_MD.read_text()
     assert "## Soft best-of-n" in paths.FRONTIER_TABLE_MD.read_text()
     assert "soft best-of-n" in set(pd.read_csv(paths.FRONTIER_POINTS_CSV)["method"])
@@ -206,6 +208,31 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
     assert [m.step for m in client.get_metric_history(run_info.info.run_id, "kl")] == [0, 1, 2]
     for stage in ("preferences", "reward"):
         assert client.get_run(io.read_json(paths.metrics_file(stage))["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_the_sentiment_oracle_reports_its_held_out_gold_beside_the_gold(
+    tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root
+):
+    # " good" is the tiny language's one word in both lexicons (VADER and AFINN-165, +3)
+    tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root, preferences={"oracle": "sentiment"})
+    for stage in ("preferences", "reward", "best_of_n", "rlhf", "dpo", "frontier"):
+        run(stage)
+    scores = pd.read_csv(paths.BEST_OF_N_SCORES, keep_default_na=False)
+    assert (scores["heldout_gold"] == 3.0 * scores["text"].str.count(" good")).all()
+    assert io.read_json(paths.metrics_file("best_of_n"))["heldout_gold"] == "afinn"
+    for stage in ("rlhf", "dpo"):
+        change = io.read_json(paths.metrics_file(stage))["change"]
+        assert {"heldout_oracle_mean", "heldout_oracle_se"} <= set(change)
+        assert "heldout_gold_gain" in pd.read_csv({"rlhf": paths.RLHF_FRONTIER_CSV, "dpo": paths.DPO_FRONTIER_CSV}[stage])
+    summary = io.read_json(paths.metrics_file("frontier"))
+    assert summary["heldout_gold"] == "afinn" and "heldout_gold_gain" in summary["best_of_n"]["n8"]
+    for method in ("ppo", "dpo"):
+        m = summary[method]
+        assert "heldout_gold_gain" in m and "heldout_gain_over_best_of_n" in m
+        if m["beyond_best_of_n_curve"]:
+            assert m["heldout_gain_over_best_of_n"] is None and m["gain_over_best_of_n"] is None
+    assert "heldout_gold_gain" in paths.FRONTIER_TABLE_MD.read_text()
+    assert "heldout_gold_gain" in pd.read_csv(paths.FRONTIER_POINTS_CSV)
 
 
 def test_brevity_without_end_of_text_ties_every_pair_and_fails_cleanly(

@@ -31,5 +31,16 @@ def test_against_best_of_n_interpolates_at_the_policys_kl():
     curve = pd.DataFrame({"n": [1, 2, 4], "kl": [analytic_kl(n) for n in (1, 2, 4)], "gold_gain": [0.0, 0.1, 0.3]})
     at = against_best_of_n({"kl": analytic_kl(2), "gold_gain": 0.25}, curve)
     assert at["best_of_n_gold_gain_at_kl"] == pytest.approx(0.1) and at["gain_over_best_of_n"] == pytest.approx(0.15)
-    beyond = against_best_of_n({"kl": 5.0, "gold_gain": 0.2}, curve)
-    assert beyond["beyond_best_of_n_curve"] and beyond["gain_over_best_of_n"] == pytest.approx(-0.1)
+    assert not at["beyond_best_of_n_curve"] and at["best_of_n_max_kl"] == pytest.approx(analytic_kl(4))
+    beyond = against_best_of_n({"kl": 5.0, "gold_gain": 0.2}, curve)  # past the measured curve: no comparison
+    assert beyond["beyond_best_of_n_curve"] and beyond["gain_over_best_of_n"] is None
+    assert beyond["best_of_n_gold_gain_at_kl"] is None
+
+
+def test_against_best_of_n_on_the_held_out_gold_too():
+    curve = pd.DataFrame({"n": [1, 2, 4], "kl": [analytic_kl(n) for n in (1, 2, 4)], "gold_gain": [0.0, 0.1, 0.3],
+                          "heldout_gold_gain": [0.0, 1.0, 2.0]})
+    at = against_best_of_n({"kl": analytic_kl(4), "gold_gain": 0.4, "heldout_gold_gain": 1.5}, curve)
+    assert at["gain_over_best_of_n"] == pytest.approx(0.1)  # ahead on the gold it was tuned against ...
+    assert at["heldout_gain_over_best_of_n"] == pytest.approx(-0.5)  # ... behind on the held-out one
+    assert "heldout_gain_over_best_of_n" not in against_best_of_n({"kl": 0.1, "gold_gain": 0.0}, curve)

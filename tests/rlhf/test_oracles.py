@@ -1,7 +1,7 @@
 import pytest
 
 from tinygpt.data.tokenizer import EOT_ID
-from tinygpt.rlhf.oracles import (Oracle, brevity_score, keyword_score, prefer,
+from tinygpt.rlhf.oracles import (Oracle, afinn_score, brevity_score, keyword_score, prefer,
                                   sentiment_score)
 
 
@@ -51,3 +51,12 @@ def test_prefer_drops_ties_and_pairs_within_the_margin():
     assert prefer(0.3, 0.3) is None
     assert prefer(0.30, 0.35, min_margin=0.05) is None
     assert prefer(0.30, 0.36, min_margin=0.05) == 1
+
+
+def test_the_sentiment_oracle_has_a_held_out_gold_the_others_have_none():
+    assert afinn_score("I love thee, good my lord") == 6.0  # AFINN-165: love +3, good +3
+    assert afinn_score("villain, die") < 0 and afinn_score("the table") == 0.0
+    texts = ["I love thee", "I hate thee", ""]
+    assert Oracle("sentiment").heldout_name == "afinn"
+    assert Oracle("sentiment").heldout_scores(texts).tolist() == [3.0, -3.0, 0.0]
+    assert Oracle("keyword", "love").heldout_scores(texts) is None and Oracle("brevity").heldout_name is None

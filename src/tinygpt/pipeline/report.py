@@ -49,18 +49,23 @@ HEADLINES: tuple[tuple[str, str, str], ...] = (
     ("reward/report_accuracy", "reward", "report.accuracy"),
     ("best_of_n/gold_gain_n16", "best_of_n", "report.16.gold_gain"),
     ("best_of_n/gold_gain_n64", "best_of_n", "report.64.gold_gain"),
+    ("best_of_n/heldout_gold_gain_n16", "best_of_n", "report.16.heldout_gold_gain"),
     ("rlhf/gold_score_before", "rlhf", "before.oracle_mean"),
     ("rlhf/gold_score_after", "rlhf", "after.oracle_mean"),
     ("rlhf/gold_score_gain", "rlhf", "change.oracle_mean"),
+    ("rlhf/heldout_gold_gain", "rlhf", "change.heldout_oracle_mean"),
     ("rlhf/reward_model_gain", "rlhf", "change.reward_model_mean"),
     ("rlhf/kl", "rlhf", "after.kl_mean"),
     ("rlhf/val_perplexity_change", "rlhf", "change.val_perplexity_relative"),
     ("rlhf/selected_step", "rlhf", "selected_step"),
     ("dpo/gold_score_gain", "dpo", "change.oracle_mean"),
+    ("dpo/heldout_gold_gain", "dpo", "change.heldout_oracle_mean"),
     ("dpo/kl", "dpo", "after.kl_mean"),
     ("dpo/val_perplexity_change", "dpo", "change.val_perplexity_relative"),
     ("frontier/ppo_gain_over_best_of_n", "frontier", "ppo.gain_over_best_of_n"),
     ("frontier/dpo_gain_over_best_of_n", "frontier", "dpo.gain_over_best_of_n"),
+    ("frontier/ppo_heldout_gain_over_best_of_n", "frontier", "ppo.heldout_gain_over_best_of_n"),
+    ("frontier/dpo_heldout_gain_over_best_of_n", "frontier", "dpo.heldout_gain_over_best_of_n"),
 )
 
 

@@ -51,17 +51,23 @@ def powers_of_two(max_n: int) -> list[int]:
     return [2**k for k in range(int(math.log2(max_n)) + 1)]
 
 
-def best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int) -> pd.DataFrame:
+def best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int,
+                    heldout_gold: np.ndarray | None = None) -> pd.DataFrame:
     """n = 1, 2, 4, ..., max_n: analytic KL, gold and proxy means, and their gains over n = 1 (the
     reference's own mean on the same samples), with standard errors across prompts (each prompt's
-    estimate is one observation: samples of a prompt are not independent)."""
+    estimate is one observation: samples of a prompt are not independent); with `heldout_gold` (the
+    oracle's second scorer, oracles.HELDOUT_GOLD) its gain too, for the same picks."""
     rows = []
     gold_1, proxy_1 = gold.mean(axis=1), proxy.mean(axis=1)
     for n in powers_of_two(max_n):
         g, p = best_of_n_values(proxy, gold, n), best_of_n_values(proxy, proxy, n)
-        rows.append({"n": n, "kl": analytic_kl(n), "gold": g.mean(), "gold_se": sem(g),
-                     "gold_gain": (g - gold_1).mean(), "gold_gain_se": sem(g - gold_1),
-                     "proxy": p.mean(), "proxy_gain": (p - proxy_1).mean(), "proxy_gain_se": sem(p - proxy_1)})
+        row = {"n": n, "kl": analytic_kl(n), "gold": g.mean(), "gold_se": sem(g),
+               "gold_gain": (g - gold_1).mean(), "gold_gain_se": sem(g - gold_1),
+               "proxy": p.mean(), "proxy_gain": (p - proxy_1).mean(), "proxy_gain_se": sem(p - proxy_1)}
+        if heldout_gold is not None:
+            h = best_of_n_values(proxy, heldout_gold, n) - heldout_gold.mean(axis=1)
+            row.update(heldout_gold_gain=h.mean(), heldout_gold_gain_se=sem(h))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -83,25 +89,28 @@ def soft_kl_bound(weights: np.ndarray) -> np.ndarray:
     return terms.sum(axis=1)
 
 
-def soft_best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, betas: list[float]) -> pd.DataFrame:
+def soft_best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, betas: list[float],
+                         heldout_gold: np.ndarray | None = None) -> pd.DataFrame:
     """Per beta: soft best-of-N's KL bound, gold and proxy gains over the reference's mean on the same
-    samples, with standard errors across prompts."""
+    samples (and the held-out gold's, if given), with standard errors across prompts."""
     rows = []
     for beta in sorted(betas, reverse=True):  # from the reference's end of the curve outward
         w = soft_weights(proxy, beta)
         kl = soft_kl_bound(w)
         gold_gain = (w * gold).sum(axis=1) - gold.mean(axis=1)
         proxy_gain = (w * proxy).sum(axis=1) - proxy.mean(axis=1)
-        rows.append({"beta": beta, "kl": kl.mean(), "kl_se": sem(kl), "gold_gain": gold_gain.mean(),
-                     "gold_gain_se": sem(gold_gain), "proxy_gain": proxy_gain.mean(),
-                     "proxy_gain_se": sem(proxy_gain)})
+        row = {"beta": beta, "kl": kl.mean(), "kl_se": sem(kl), "gold_gain": gold_gain.mean(),
+               "gold_gain_se": sem(gold_gain), "proxy_gain": proxy_gain.mean(), "proxy_gain_se": sem(proxy_gain)}
+        if heldout_gold is not None:
+            h = (w * heldout_gold).sum(axis=1) - heldout_gold.mean(axis=1)
+            row.update(heldout_gold_gain=h.mean(), heldout_gold_gain_se=sem(h))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def gold_gain_at(curve: pd.DataFrame, kl: float) -> tuple[float, bool]:
-    """Best-of-n's gold gain at `kl`, linear in KL between the measured n; past the largest n, the most
-    best-of-n reached (held flat, flagged True: the curve was not measured that far)."""
-    beyond = kl > curve["kl"].iloc[-1]
-    if beyond:
-        return float(curve["gold_gain"].max()), True
-    return float(np.interp(kl, curve["kl"], curve["gold_gain"])), False
+def gain_at(curve: pd.DataFrame, kl: float, column: str = "gold_gain") -> float | None:
+    """Best-of-n's `column` at `kl`, linear in KL between the measured n; None past the largest n: the
+    curve was not measured that far, and holding it flat or extending it would claim what was not measured."""
+    if kl > curve["kl"].iloc[-1]:
+        return None
+    return float(np.interp(kl, curve["kl"], curve[column]))

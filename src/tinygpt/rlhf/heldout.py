@@ -38,14 +38,20 @@ class HeldOut:
     kl: np.ndarray  # sum over the continuation of log pi - log pi_ref, nats
     tokens: np.ndarray  # response length, up to and including an end-of-text
     samples_per_prompt: int
+    heldout_gold: np.ndarray | None = None  # the oracle's held-out gold per continuation (oracles.HELDOUT_GOLD)
 
     def per_prompt(self, values: np.ndarray) -> np.ndarray:
         """Each prompt's mean: the unit of the standard errors, since a prompt's samples are correlated."""
         return values.reshape(-1, self.samples_per_prompt).mean(axis=1)
 
+    def scores(self) -> dict[str, np.ndarray]:
+        """Every score by its metric name: the gold ("oracle"), the held-out gold if any, the proxy."""
+        held = {} if self.heldout_gold is None else {"heldout_oracle": self.heldout_gold}
+        return {"oracle": self.gold, **held, "reward_model": self.reward}
+
     def metrics(self) -> dict[str, float]:
         out = {}
-        for name, values in (("oracle", self.gold), ("reward_model", self.reward), ("kl", self.kl)):
+        for name, values in {**self.scores(), "kl": self.kl}.items():
             out[f"{name}_mean"] = float(values.mean())
             out[f"{name}_se"] = sem(self.per_prompt(values))
         return {**out, "response_tokens_mean": float(self.tokens.mean())}
@@ -89,7 +95,7 @@ def held_out(
         ids += rollout.response_ids()
     return HeldOut(
         texts, np.asarray(oracle.scores(texts, ids)), torch.cat(rewards).numpy(), torch.cat(kls).numpy(),
-        np.asarray([len(row) for row in ids]), samples,
+        np.asarray([len(row) for row in ids]), samples, oracle.heldout_scores(texts),
     )
 
 
@@ -149,21 +155,20 @@ def change(before: Evaluation, after: Evaluation, held_out_set: str) -> dict[str
     same prompts before and after, each side's mean over its own samples of the prompt) and the relative
     change in val perplexity."""
     b, a = before.sets[held_out_set], after.sets[held_out_set]
-    gold_gain = a.per_prompt(a.gold) - b.per_prompt(b.gold)
-    proxy_gain = a.per_prompt(a.reward) - b.per_prompt(b.reward)
-    return {
-        "oracle_mean": float(gold_gain.mean()), "oracle_se": sem(gold_gain),
-        "reward_model_mean": float(proxy_gain.mean()), "reward_model_se": sem(proxy_gain),
-        "kl_mean": float(a.kl.mean()),
-        "val_perplexity_relative": after.val_perplexity / before.val_perplexity - 1.0,
-    }
+    out = {}
+    for name, values in a.scores().items():
+        if name in b.scores():  # a held-out gold is compared only where both sides have it
+            gain = a.per_prompt(values) - b.per_prompt(b.scores()[name])
+            out[f"{name}_mean"], out[f"{name}_se"] = float(gain.mean()), sem(gain)
+    return {**out, "kl_mean": float(a.kl.mean()),
+            "val_perplexity_relative": after.val_perplexity / before.val_perplexity - 1.0}
 
 
 def samples_table(prompts: np.ndarray, before: HeldOut, after: HeldOut, rows: int) -> pd.DataFrame:
     """The first continuation of the first `rows` prompts, before and after, with their gold scores."""
     shown = range(min(rows, len(prompts)))
     b, a = ([i * h.samples_per_prompt for i in shown] for h in (before, after))
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "prompt": [decode(prompts[i].tolist()) for i in shown],
             "before (reference)": [before.texts[i] for i in b],
@@ -172,6 +177,10 @@ def samples_table(prompts: np.ndarray, before: HeldOut, after: HeldOut, rows: in
             "gold after": [after.gold[i] for i in a],
         }
     )
+    if before.heldout_gold is not None and after.heldout_gold is not None:
+        table["held-out gold before"] = [before.heldout_gold[i] for i in b]
+        table["held-out gold after"] = [after.heldout_gold[i] for i in a]
+    return table
 
 
 def policy_samples_markdown(table: pd.DataFrame, oracle: Oracle, seed: int) -> str:

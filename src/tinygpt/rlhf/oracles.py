@@ -11,9 +11,15 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 from tinygpt.data.tokenizer import EOT_ID, decode
 
 ORACLES = ("sentiment", "brevity", "keyword")
+# Each oracle's held-out gold: a second scorer of the same preference that nothing in the pipeline trains
+# on, ranks by or selects by. A policy that learned the preference gains on both golds; one that learned
+# the first gold's word list gains on that one only. None: the oracle has no second scorer.
+HELDOUT_GOLD = {"sentiment": "afinn", "brevity": None, "keyword": None}
 
 
 @functools.lru_cache(maxsize=1)
@@ -27,6 +33,19 @@ def _vader():
 def sentiment_score(text: str) -> float:
     """VADER's compound score in [-1, 1]: the normalised sum of the lexicon valences in the text."""
     return float(_vader().polarity_scores(text)["compound"])
+
+
+@functools.lru_cache(maxsize=1)
+def _afinn():
+    from afinn import Afinn
+
+    return Afinn(language="en")  # the AFINN-165 word list, shipped inside the package
+
+
+def afinn_score(text: str) -> float:
+    """AFINN-165's valence sum over the text's words (each from -5 to +5): a sentiment lexicon rated
+    apart from VADER's, and unbounded where VADER's compound is squashed into [-1, 1]."""
+    return float(_afinn().score(text))
 
 
 def brevity_score(ids: Sequence[int], eot_id: int = EOT_ID) -> float:
@@ -73,6 +92,15 @@ class Oracle:
 
     def scores(self, texts: Sequence[str], ids: Sequence[Sequence[int]]) -> list[float]:
         return [self.score(text, row) for text, row in zip(texts, ids, strict=True)]
+
+    @property
+    def heldout_name(self) -> str | None:
+        """The held-out gold's name (HELDOUT_GOLD), or None."""
+        return HELDOUT_GOLD[self.name]
+
+    def heldout_scores(self, texts: Sequence[str]) -> np.ndarray | None:
+        """The held-out gold of each text, or None when this oracle has none."""
+        return None if self.heldout_name is None else np.asarray([afinn_score(t) for t in texts])
 
 
 def prefer(score_a: float, score_b: float, min_margin: float = 0.0) -> int | None:

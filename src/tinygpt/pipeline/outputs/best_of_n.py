@@ -18,6 +18,7 @@ def write_outputs(samples: dict[str, HeldOut], curves: dict[str, pd.DataFrame], 
             "set": name, "prompt": np.arange(len(s.gold)) // s.samples_per_prompt,
             "sample": np.arange(len(s.gold)) % s.samples_per_prompt, "gold": s.gold, "proxy": s.reward,
             "tokens": s.tokens, "text": s.texts,
+            **({} if s.heldout_gold is None else {"heldout_gold": s.heldout_gold}),
         })
         for name, s in samples.items()
     ])
@@ -38,5 +39,6 @@ def read_samples(path: Path) -> dict[str, HeldOut]:
             texts=rows["text"].astype(str).tolist(), gold=rows["gold"].to_numpy(np.float64),
             reward=rows["proxy"].to_numpy(np.float32), kl=np.zeros(len(rows), np.float32),
             tokens=rows["tokens"].to_numpy(np.int64), samples_per_prompt=int(rows["sample"].max()) + 1,
+            heldout_gold=rows["heldout_gold"].to_numpy(np.float64) if "heldout_gold" in rows else None,
         )
     return samples
