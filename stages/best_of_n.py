@@ -3,7 +3,7 @@ selection and the report set), scored by the reward model (proxy), the oracle (g
 gold (if it has one); the curve of both golds against the analytic KL for n = 1, 2, 4, ..., max_n; and
 soft best-of-max_n (the reward model's KL-optimal tilt of the reference) on the same samples at each of
 best_of_n.soft_betas.
-In: models/pretrain/, models/reward/, data/preferences/prompts/.
+In: models/pretrain/, models/reward/, data/preferences/prompts/, data/split/train.bin (its words: text quality).
 Out: data/best_of_n/scores.csv, plots/best_of_n/curve.csv, plots/best_of_n/soft.csv, metrics/best_of_n.json."""
 
 import torch
@@ -11,6 +11,8 @@ import torch
 from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
+from tinygpt.data.tokens import read_tokens
+from tinygpt.eval.text_quality import known_words, quality_values
 from tinygpt.model.weights import load_model
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
@@ -38,6 +40,7 @@ def main() -> None:
             reference = load_model(paths.PRETRAIN_DIR, device).eval()
             reward_model = load_reward_model(paths.REWARD_DIR, device).requires_grad_(False)
         oracle = Oracle(preferences_params.oracle, preferences_params.keyword)
+        known = known_words(read_tokens(paths.TRAIN_BIN))  # text quality's unseen words
         samples, curves, soft = {}, {}, {}
         for held_out_set in ("selection", "report"):
             prompts = torch.as_tensor(load_prompts(paths.PREFERENCE_PROMPTS, held_out_set), device=device)
@@ -49,7 +52,8 @@ def main() -> None:
             s, shape = samples[held_out_set], (len(prompts), bon.max_n)
             proxy, gold = s.reward.reshape(shape), s.gold.reshape(shape)
             heldout = None if s.heldout_gold is None else s.heldout_gold.reshape(shape)
-            curves[held_out_set] = best_of_n_curve(proxy, gold, bon.max_n, heldout)
+            quality = {name: v.reshape(shape) for name, v in quality_values(s.texts, known).items()}
+            curves[held_out_set] = best_of_n_curve(proxy, gold, bon.max_n, heldout, quality)
             soft[held_out_set] = soft_best_of_n_curve(proxy, gold, bon.soft_betas, heldout)
         write_outputs(samples, curves, soft)
         metrics = {

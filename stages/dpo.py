@@ -2,7 +2,7 @@
 frozen copy of it; evaluated on both held-out sets like PPO (the reward model only scores the held-out
 continuations, DPO never sees it; with dpo.pairs: reward_ranked it also ranks the reference's samples of
 the train prompts into the training pairs), the reported step chosen on the selection set.
-In: models/pretrain/, models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/, data/split/train.bin (dpo.ptx_coef), data/split/val.bin.
+In: models/pretrain/, models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/, data/split/train.bin (dpo.ptx_coef, text quality's known words), data/split/val.bin.
 Out: models/dpo/, metrics/dpo.json, plots/dpo/, reports/dpo/samples.md."""
 
 import torch
@@ -11,6 +11,7 @@ from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
+from tinygpt.eval.text_quality import known_words
 from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
@@ -52,6 +53,7 @@ def main() -> None:
                 val_tokens=read_tokens(paths.VAL_BIN), heldout_params=p.heldout,
                 max_new_tokens=preferences_params.continuation_tokens,
                 oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
+                known_words=known_words(read_tokens(paths.TRAIN_BIN)),
             )
             pairs = load_pairs(paths.PREFERENCE_PAIRS)
         with timing.phase("evaluation"):  # the baseline: best_of_n's reference samples (heldout.reference_evaluation)

@@ -11,6 +11,7 @@ from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.data.tokens import read_tokens
+from tinygpt.eval.text_quality import known_words
 from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
@@ -47,6 +48,7 @@ def main() -> None:
                 val_tokens=read_tokens(paths.VAL_BIN), heldout_params=p.heldout,
                 max_new_tokens=preferences_params.continuation_tokens,  # the reward model was trained on this length
                 oracle=Oracle(preferences_params.oracle, preferences_params.keyword), precision=precision,
+                known_words=known_words(read_tokens(paths.TRAIN_BIN)),
             )
         with timing.phase("evaluation"):  # the baseline: best_of_n's reference samples (heldout.reference_evaluation)
             reference = reference_evaluation(ref, task, read_samples(paths.BEST_OF_N_SCORES))

@@ -233,6 +233,13 @@ def test_the_sentiment_oracle_reports_its_held_out_gold_beside_the_gold(
             assert m["heldout_gain_over_best_of_n"] is None and m["gain_over_best_of_n"] is None
     assert "heldout_gold_gain" in paths.FRONTIER_TABLE_MD.read_text()
     assert "heldout_gold_gain" in pd.read_csv(paths.FRONTIER_POINTS_CSV)
+    # text quality beside every point: the tiny language's words are all known, none glued
+    curve = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
+    assert (curve["unseen_words"] == 0.0).all() and curve["repeated_words"].between(0, 1).all()
+    assert {"distinct_2", "repeated_words", "unseen_words"} <= set(pd.read_csv(paths.DPO_FRONTIER_CSV))
+    quality = io.read_json(paths.metrics_file("rlhf"))["quality"]
+    assert set(quality) == {"before", "after"} and quality["before"]["unseen_words"] == 0.0
+    assert "distinct_2" in paths.FRONTIER_TABLE_MD.read_text()
 
 
 def test_brevity_without_end_of_text_ties_every_pair_and_fails_cleanly(

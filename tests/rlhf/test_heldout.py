@@ -36,6 +36,7 @@ def test_a_baseline_with_more_samples_per_prompt_pairs_by_prompt_means():
 
 
 def test_the_baseline_must_cover_every_held_out_prompt():
-    task = EvalTask(None, {"report": torch.zeros(3, 4, dtype=torch.long)}, np.zeros(10), None, 8, None, "fp32")
+    task = EvalTask(None, {"report": torch.zeros(3, 4, dtype=torch.long)}, np.zeros(10), None, 8, None, "fp32",
+                    frozenset())
     with pytest.raises(TinyGptError, match="scores.csv.*3 report prompts.*dvc repro best_of_n"):
         reference_evaluation(None, task, {"report": held([0.0] * 4, 2)})  # 2 prompts' samples for 3

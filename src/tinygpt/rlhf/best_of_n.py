@@ -51,12 +51,13 @@ def powers_of_two(max_n: int) -> list[int]:
     return [2**k for k in range(int(math.log2(max_n)) + 1)]
 
 
-def best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int,
-                    heldout_gold: np.ndarray | None = None) -> pd.DataFrame:
+def best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int, heldout_gold: np.ndarray | None = None,
+                    quality: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
     """n = 1, 2, 4, ..., max_n: analytic KL, gold and proxy means, and their gains over n = 1 (the
     reference's own mean on the same samples), with standard errors across prompts (each prompt's
     estimate is one observation: samples of a prompt are not independent); with `heldout_gold` (the
-    oracle's second scorer, oracles.HELDOUT_GOLD) its gain too, for the same picks."""
+    oracle's second scorer, oracles.HELDOUT_GOLD) its gain too, and with `quality` (name -> per-sample
+    values, eval.text_quality) each one's expected value, for the same picks."""
     rows = []
     gold_1, proxy_1 = gold.mean(axis=1), proxy.mean(axis=1)
     for n in powers_of_two(max_n):
@@ -67,6 +68,8 @@ def best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int,
         if heldout_gold is not None:
             h = best_of_n_values(proxy, heldout_gold, n) - heldout_gold.mean(axis=1)
             row.update(heldout_gold_gain=h.mean(), heldout_gold_gain_se=sem(h))
+        for name, values in (quality or {}).items():
+            row[name] = best_of_n_values(proxy, values, n).mean()
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -14,13 +14,15 @@ from typing import Callable
 import pandas as pd
 
 from tinygpt.core import figures, timing
+from tinygpt.eval.text_quality import QUALITY, quality_values
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf.best_of_n import gain_at
 from tinygpt.rlhf.heldout import EvalTask, Evaluation, change, evaluate_policy
 
 
-def frontier_rows(step: int, reference: Evaluation, evaluation: Evaluation) -> list[dict]:
-    """One row per held-out set for the policy at `step`, its gains against the reference."""
+def frontier_rows(step: int, reference: Evaluation, evaluation: Evaluation, known: frozenset[str]) -> list[dict]:
+    """One row per held-out set for the policy at `step`: its gains against the reference, and the text
+    quality of its continuations (eval.text_quality; `known`: the train split's words)."""
     rows = []
     for name, held_out in evaluation.sets.items():
         gains = change(reference, evaluation, name)
@@ -33,8 +35,12 @@ def frontier_rows(step: int, reference: Evaluation, evaluation: Evaluation) -> l
         }
         if "heldout_oracle_mean" in gains:
             row.update(heldout_gold_gain=gains["heldout_oracle_mean"], heldout_gold_gain_se=gains["heldout_oracle_se"])
-        rows.append(row)
+        rows.append({**row, **mean_quality(held_out.texts, known)})
     return rows
+
+
+def mean_quality(texts: list[str], known: frozenset[str]) -> dict[str, float]:
+    return {name: float(values.mean()) for name, values in quality_values(texts, known).items()}
 
 
 def select_point(table: pd.DataFrame, kl_budget: float, perplexity_budget: float) -> int:
@@ -55,7 +61,7 @@ class FrontierTracker:
                  log: Callable[[int, dict], None] = lambda step, metrics: None):
         self.ref, self.task, self.log, self.reference = ref, task, log, reference
         self.kl_budget, self.perplexity_budget = task.heldout_params.kl_budget, task.heldout_params.perplexity_budget
-        self.rows = frontier_rows(0, self.reference, self.reference)
+        self.rows = frontier_rows(0, self.reference, self.reference, task.known_words)
         self.selected_step, self.selected_model, self.selected = 0, copy.deepcopy(ref), self.reference
         self.last_step, self.last = 0, self.reference
 
@@ -65,7 +71,7 @@ class FrontierTracker:
 
     def _add(self, step: int, model: GPT) -> None:
         evaluation = evaluate_policy(model, self.ref, self.task)
-        rows = frontier_rows(step, self.reference, evaluation)
+        rows = frontier_rows(step, self.reference, evaluation, self.task.known_words)
         self.rows += rows
         self.last_step, self.last = step, evaluation
         if select_point(self.table(), self.kl_budget, self.perplexity_budget) == step:
@@ -87,6 +93,8 @@ class FrontierTracker:
             "change": change(self.reference, self.selected, report),
             "selection_change": change(self.reference, self.selected, "selection"),
             "last": {"step": self.last_step, **change(self.reference, self.last, report)},
+            "quality": {side: mean_quality(evaluation.sets[report].texts, self.task.known_words)
+                        for side, evaluation in (("before", self.reference), ("after", self.selected))},
         }
 
 
@@ -157,9 +165,10 @@ def frontier_markdown(
     best_of_n: pd.DataFrame, tables: dict[str, tuple[pd.DataFrame, int]], soft: pd.DataFrame,
 ) -> str:
     """The report set's frontier as Markdown: best-of-n's rows, soft best-of-n's, then each method's
-    evaluated points."""
+    evaluated points, each with the text quality of what it keeps (eval.text_quality)."""
     held = [c for c in ("heldout_gold_gain", "heldout_gold_gain_se") if c in best_of_n]
-    shown = best_of_n[["n", "kl", "gold_gain", "gold_gain_se", *held, "proxy_gain"]]
+    quality = [c for c in QUALITY if c in best_of_n]
+    shown = best_of_n[["n", "kl", "gold_gain", "gold_gain_se", *held, "proxy_gain", *quality]]
     parts = ["# Gold against KL on the report set\n", "## Best-of-n (reference samples, picked by the reward model)\n",
              shown.to_markdown(index=False, floatfmt=".3f"), "",
              "## Soft best-of-n (one of the same samples kept with probability softmax(reward / beta); KL: an "
@@ -171,7 +180,7 @@ def frontier_markdown(
         rows = table[table["set"] == "report"].sort_values("step")
         rows = rows.assign(reported=["yes" if s == selected else "" for s in rows["step"]])
         columns = ["step", "kl", "gold_gain", "gold_gain_se", *[c for c in held if c in rows], "proxy_gain",
-                   "val_perplexity_relative", "reported"]
+                   *[c for c in QUALITY if c in rows], "val_perplexity_relative", "reported"]
         parts += [f"## {method} (the reported step was chosen on the selection set)\n",
                   rows[columns].to_markdown(index=False, floatfmt=".3f"), ""]
     return "\n".join(parts) + "\n"

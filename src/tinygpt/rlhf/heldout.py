@@ -110,6 +110,7 @@ class EvalTask:
     max_new_tokens: int
     oracle: Oracle
     precision: str
+    known_words: frozenset[str]  # the train split's words: text quality's unseen_words (eval.text_quality)
 
 
 @dataclass
