@@ -3,7 +3,7 @@ selection and the report set), scored by the reward model (proxy), the oracle (g
 gold (if it has one); the curve of both golds against the analytic KL for n = 1, 2, 4, ..., max_n; and
 soft best-of-max_n (the reward model's KL-optimal tilt of the reference) on the same samples at each of
 best_of_n.soft_betas.
-In: models/pretrain/, models/reward/, data/preferences/prompts/, data/split/train.bin (its words: text quality).
+In: models/pretrain/ (or models/sft/: preferences.start_model), models/reward/, data/preferences/prompts/, data/split/train.bin (its words: text quality).
 Out: data/best_of_n/scores.csv, plots/best_of_n/curve.csv, plots/best_of_n/soft.csv, metrics/best_of_n.json."""
 
 import torch
@@ -37,7 +37,7 @@ def main() -> None:
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
         with timing.phase("data"):
-            reference = load_model(paths.PRETRAIN_DIR, device).eval()
+            reference = load_model(paths.start_model_dir(preferences_params.start_model), device).eval()
             reward_model = load_reward_model(paths.REWARD_DIR, device).requires_grad_(False)
         oracle = Oracle(preferences_params.oracle, preferences_params.keyword)
         known = known_words(read_tokens(paths.TRAIN_BIN))  # text quality's unseen words

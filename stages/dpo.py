@@ -2,7 +2,7 @@
 frozen copy of it; evaluated on both held-out sets like PPO (the reward model only scores the held-out
 continuations, DPO never sees it; with dpo.pairs: reward_ranked it also ranks the reference's samples of
 the train prompts into the training pairs), the reported step chosen on the selection set.
-In: models/pretrain/, models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/, data/split/train.bin (dpo.ptx_coef, text quality's known words), data/split/val.bin.
+In: models/pretrain/ (or models/sft/: preferences.start_model), models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/, data/split/train.bin (dpo.ptx_coef, text quality's known words), data/split/val.bin.
 Out: models/dpo/, metrics/dpo.json, plots/dpo/, reports/dpo/samples.md."""
 
 import torch
@@ -20,7 +20,7 @@ from tinygpt.pipeline.outputs.dpo import write_outputs
 from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf import dpo
 from tinygpt.rlhf.config import DpoParams, HeldOutParams, PreferencesParams
-from tinygpt.rlhf.finetune import frozen_copy
+from tinygpt.rlhf.tuning import frozen_copy
 from tinygpt.rlhf.frontier import FrontierTracker
 from tinygpt.rlhf.heldout import EvalTask, reference_evaluation
 from tinygpt.rlhf.oracles import Oracle
@@ -44,7 +44,7 @@ def main() -> None:
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
         with timing.phase("data"):
-            policy = load_model(paths.PRETRAIN_DIR, device)
+            policy = load_model(paths.start_model_dir(preferences_params.start_model), device)
             ref = frozen_copy(policy)
             task = EvalTask(
                 reward_model=load_reward_model(paths.REWARD_DIR, device).requires_grad_(False),

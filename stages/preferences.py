@@ -1,5 +1,5 @@
 """Stage preferences: prompts cut from the text, continuations sampled from the pretrained model, pairs
-labelled chosen/rejected by an oracle. In: models/pretrain/, data/split/{train,val}.bin.
+labelled chosen/rejected by an oracle. In: models/pretrain/ (or models/sft/: preferences.start_model), data/split/{train,val}.bin.
 Out: data/preferences/{pairs,prompts}/ (datasets, Arrow), metrics/preferences.json."""
 
 import numpy as np
@@ -28,7 +28,7 @@ def main() -> None:
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
         with timing.phase("data"):
-            model = load_model(paths.PRETRAIN_DIR, device)
+            model = load_model(paths.start_model_dir(p.preferences.start_model), device)
         prefs.check_fits(model.config, preferences_params)
         oracle = Oracle(preferences_params.oracle, preferences_params.keyword)
         seed = preferences_params.seed

@@ -1,6 +1,7 @@
 """Stage reward: the pretrained transformer plus a scalar head on the last token, trained on the
 preference pairs with the Bradley-Terry loss, its rewards normalised on the training pairs.
-In: models/pretrain/, data/preferences/pairs/. Out: models/reward/, metrics/reward.json, plots/reward/."""
+In: models/pretrain/ (or models/sft/: preferences.start_model), data/preferences/pairs/.
+Out: models/reward/, metrics/reward.json, plots/reward/."""
 
 import torch
 
@@ -13,15 +14,16 @@ from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs import reward as reward_outputs
 from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf import reward_model as rm
-from tinygpt.rlhf.config import RewardParams
+from tinygpt.rlhf.config import PreferencesParams, RewardParams
 from tinygpt.rlhf.preferences import load_pairs
 
 
 def main() -> None:
-    p = params.load_sections(reward=RewardParams, compute=ComputeParams, tracking=TrackingParams)
+    p = params.load_sections(reward=RewardParams, preferences=PreferencesParams, compute=ComputeParams,
+                             tracking=TrackingParams)
     reward_params = p.reward
-    with tracking.stage_run("reward", params.flatten({"reward": reward_params, "compute": p.compute}), p.tracking,
-                            system_metrics=True) as run:
+    flat = params.flatten({"reward": reward_params, "preferences": p.preferences, "compute": p.compute})
+    with tracking.stage_run("reward", flat, p.tracking, system_metrics=True) as run:
         run.log_dataset(paths.PREFERENCE_PAIRS, "training")
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
@@ -29,7 +31,7 @@ def main() -> None:
             pairs = load_pairs(paths.PREFERENCE_PAIRS)
             train = rm.pair_tensors(pairs["train"], device)
             torch.manual_seed(reward_params.seed)
-            model = rm.RewardModel(load_model(paths.PRETRAIN_DIR, device)).to(device)
+            model = rm.RewardModel(load_model(paths.start_model_dir(p.preferences.start_model), device)).to(device)
         with timing.phase("training"):
             history = rm.train_reward_model(
                 model, train, reward_params.learning_rate, reward_params.weight_decay, reward_params.epochs,

@@ -2,7 +2,7 @@
 frozen copy. Evaluated on both held-out sets every `rlhf.eval_interval` steps; the step reported (and
 saved) is chosen on the selection set within the KL and perplexity budgets, its report-set numbers are
 the headline.
-In: models/pretrain/, models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/prompts/, data/split/{train,val}.bin.
+In: models/pretrain/ (or models/sft/: preferences.start_model), models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/prompts/, data/split/{train,val}.bin.
 Out: models/rlhf/, metrics/rlhf.json, plots/rlhf/, reports/rlhf/samples.md."""
 
 import torch
@@ -19,7 +19,8 @@ from tinygpt.pipeline.outputs.best_of_n import read_samples
 from tinygpt.pipeline.outputs.rlhf import write_outputs
 from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf.config import HeldOutParams, PreferencesParams, RlhfParams
-from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
+from tinygpt.rlhf.finetune import PolicyWithValue, train_ppo
+from tinygpt.rlhf.tuning import frozen_copy
 from tinygpt.rlhf.frontier import FrontierTracker
 from tinygpt.rlhf.heldout import EvalTask, reference_evaluation
 from tinygpt.rlhf.oracles import Oracle
@@ -39,7 +40,7 @@ def main() -> None:
         device = resolve_device(p.compute.device)
         precision = resolve_precision(p.compute.precision, device)
         with timing.phase("data"):
-            policy = PolicyWithValue(load_model(paths.PRETRAIN_DIR, device)).to(device)
+            policy = PolicyWithValue(load_model(paths.start_model_dir(p.preferences.start_model), device)).to(device)
             ref = frozen_copy(policy.gpt)
             task = EvalTask(
                 reward_model=load_reward_model(paths.REWARD_DIR, device).requires_grad_(False),

@@ -19,7 +19,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # A pipeline small enough to run in a minute or two on a laptop CPU.
 TINY_PIPELINE = {
-    "model": {"block_size": 16, "n_layer": 1, "n_head": 2, "n_embd": 32},
+    # 64 tokens: the sft stage needs dialogue pairs that fit (126 train, 8 val pairs in the first 40 kB)
+    "model": {"block_size": 64, "n_layer": 1, "n_head": 2, "n_embd": 32},
     "train": {"max_steps": 6, "batch_size": 2, "warmup_steps": 2, "eval_interval": 3, "eval_batches": 1,
               "checkpoint_interval": 3, "compile": False},
     "eval": {"batch_size": 8, "stride": 16, "train_tokens": 256, "train_segments": 2, "prompts": ["ROMEO:"],
@@ -31,6 +32,7 @@ TINY_PIPELINE = {
     "preferences": {"train_prompts": 8, "val_prompts": 8, "selection_prompts": 4, "samples_per_prompt": 4,
                     "prompt_tokens": 4,
                     "continuation_tokens": 11, "batch_size": 16},
+    "sft": {"batch_size": 32, "eval_interval": 2, "samples": 2, "max_new_tokens": 4},
     "reward": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
     "heldout": {"samples_per_prompt": 1, "batch_size": 16},
     "best_of_n": {"max_n": 4},

@@ -30,7 +30,7 @@ PIPELINE_ONLY_THIRD_PARTY = {"mlflow", "dvc"}
 # Loading params.yaml must stay torch-free: `tinygpt params` and the check_params stage run in seconds.
 TORCH_FREE = ["tinygpt.pipeline.params", "tinygpt.pipeline.sections", "tinygpt.core.checks", "tinygpt.core.compute",
               "tinygpt.core.errors", "tinygpt.data.config", "tinygpt.model.config", "tinygpt.train.config",
-              "tinygpt.eval.config", "tinygpt.rlhf.config"]
+              "tinygpt.eval.config", "tinygpt.rlhf.config", "tinygpt.rlhf.sft_config"]
 
 
 def module_name(path: Path) -> str:

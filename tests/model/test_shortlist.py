@@ -1,5 +1,5 @@
 """The compact training vocabulary is exact: its losses are the full GPT-2's, token for token, and its
-expansion is an ordinary GPT whose unseen tokens share one row."""
+expansion is an ordinary GPT whose unseen tokens share one row, and compacting a GPT (from_full) is its inverse."""
 import dataclasses
 import math
 
@@ -13,6 +13,7 @@ from tinygpt.core.errors import ParamsError
 from tinygpt.data.tokens import write_tokens
 from tinygpt.model import weights
 from tinygpt.model.config import GPTConfig
+from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import CompactHead
 from tinygpt.model.shortlist import ShortlistGPT, good_turing_unseen_mass
 from tinygpt.model.vocabulary import CompactVocabulary
@@ -87,6 +88,34 @@ def test_expansion_gives_every_unseen_token_the_shared_row(compact):
     if compact.config.logit_bias:
         bias = compact.to_full().lm_head.bias
         assert (bias[120:] == compact.gpt.lm_head.bias[-1]).all() and torch.equal(bias[:120], compact.gpt.lm_head.bias[:120])
+
+
+def test_compacting_the_expansion_gives_back_the_same_model_exactly(compact):
+    x, y = batch_with_unseen_tokens()
+    again = ShortlistGPT.from_full(compact.to_full(), compact.vocab).eval()
+    logits, loss = again(x, y)
+    expected_logits, expected_loss = compact(x, y)
+    assert torch.equal(logits, expected_logits) and loss.item() == expected_loss.item()
+    for name, tensor in compact.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+
+
+def test_compacting_a_gpt_keeps_the_seen_rows_and_averages_the_unseen_ones():
+    torch.manual_seed(2)
+    full = GPT(dataclasses.replace(CONFIG, logit_bias=True)).eval()
+    with torch.no_grad():
+        full.lm_head.bias.normal_()
+    vocab = CompactVocabulary.of_tokens(TRAIN_IDS, 300)
+    compact = ShortlistGPT.from_full(full, vocab, unseen_smoothing=0.1)
+    wte, bias = full.transformer.wte.weight, full.lm_head.bias
+    assert torch.equal(compact.gpt.transformer.wte.weight[:120], wte[:120])  # ids 0..119 are rows 0..119
+    torch.testing.assert_close(compact.gpt.transformer.wte.weight[120], wte[120:].mean(0), rtol=0, atol=1e-7)
+    assert torch.equal(compact.gpt.lm_head.bias[:120], bias[:120])
+    assert compact.gpt.lm_head.bias[120].item() == pytest.approx(bias[120:].mean().item(), abs=1e-6)
+    assert compact.unseen_smoothing == 0.1 and not compact.training
+    for name, tensor in full.state_dict().items():
+        if "wte" not in name and "lm_head" not in name:
+            assert torch.equal(compact.gpt.state_dict()[name], tensor), name
 
 
 def test_unseen_smoothing_moves_target_mass_to_the_unseen_class_in_training_only():

@@ -38,7 +38,7 @@ def test_pretrain_closure_reaches_the_modules_the_issue_found_missing(repo_root)
 def test_exempt_plumbing_is_not_a_dep(repo_root):
     files = codedeps.stage_files("pretrain", repo_root)
     assert "src/tinygpt/pipeline/tracking.py" not in files and "src/tinygpt/pipeline/cli.py" not in files
-    assert "src/tinygpt/pipeline/registry.py" not in files and "src/tinygpt/model/hf.py" not in files
+    assert "src/tinygpt/pipeline/registry.py" not in files  # (model/hf.py is a dep: train.init_from loads GPT-2)
     assert "src/tinygpt/__init__.py" not in files  # a docstring and the version string only
 
 

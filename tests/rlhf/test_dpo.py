@@ -20,7 +20,7 @@ from tinygpt.model.hf import hf_from_gpt, is_conv1d, write_tokenizer
 from tinygpt.model.vocabulary import CompactVocabulary
 from tinygpt.rlhf import dpo
 from tinygpt.rlhf.config import DpoParams
-from tinygpt.rlhf.finetune import frozen_copy
+from tinygpt.rlhf.tuning import frozen_copy
 from tinygpt.rlhf.rollout import response_mask
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -22,7 +22,8 @@ from tinygpt.pipeline.outputs.best_of_n import read_samples
 from tinygpt.rlhf import preferences as prefs
 from tinygpt.rlhf import reward_model as rm
 from tinygpt.rlhf.config import PreferencesParams, RlhfParams
-from tinygpt.rlhf.finetune import PolicyWithValue, frozen_copy, train_ppo
+from tinygpt.rlhf.finetune import PolicyWithValue, train_ppo
+from tinygpt.rlhf.tuning import frozen_copy
 from tinygpt.rlhf.heldout import held_out
 from tinygpt.rlhf.oracles import Oracle
 
@@ -208,6 +209,16 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
     assert [m.step for m in client.get_metric_history(run_info.info.run_id, "kl")] == [0, 1, 2]
     for stage in ("preferences", "reward"):
         assert client.get_run(io.read_json(paths.metrics_file(stage))["mlflow_run_id"]).info.status == "FINISHED"
+
+
+def test_the_rlhf_stages_start_from_the_model_start_model_names(tmp_path, monkeypatch, mlflow_uri, pretrained, repo_root):
+    tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root, preferences={"start_model": "sft"},
+                      rlhf={"steps": 2}, dpo={"ranked_samples": 2, "batch_size": 32})
+    paths.PRETRAIN_DIR.rename(paths.SFT_DIR)  # only models/sft exists: a stage that read models/pretrain would fail
+    for stage in ("preferences", "reward", "best_of_n", "rlhf", "dpo"):
+        run(stage)
+    assert io.read_json(paths.metrics_file("dpo"))["steps"] >= 1
+    assert io.read_json(paths.metrics_file("rlhf"))["last"]["step"] == 2
 
 
 def test_the_sentiment_oracle_reports_its_held_out_gold_beside_the_gold(

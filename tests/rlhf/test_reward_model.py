@@ -9,6 +9,7 @@ from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf import reward_model as rm
+from tinygpt.rlhf.tuning import lr_factor
 
 MARK = 922  # the token that makes a continuation preferred in the synthetic pairs
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -47,7 +48,7 @@ def test_pad_sequences_right_pads_and_points_at_the_last_real_token():
 
 
 def test_lr_schedule_warms_up_then_decays_to_zero():
-    assert [rm.lr_factor(s, 2, 6) for s in range(7)] == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
+    assert [lr_factor(s, 2, 6) for s in range(7)] == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0])
 
 
 def test_reward_model_learns_the_preference_and_normalises(tmp_path):

@@ -88,7 +88,7 @@ class CompactHead(FullHead):
     def of(cls, model: GPT, min_saving: float = 2.0) -> "CompactHead | None":
         """The compact head of `model`, or None without a saved map (GPT-2) or when too few rows repeat.
 
-        The rows are copied now: the caller must keep the embedding frozen (finetune.freeze_embeddings),
+        The rows are copied now: the caller must keep the embedding frozen (tuning.freeze_embeddings),
         or the compact head would go on scoring the old rows.
         """
         vocab = model.vocabulary

@@ -89,6 +89,21 @@ class ShortlistGPT(nn.Module):
         extra_rows = (self.config.vocab_size - self.vocab.n_rows) * per_token
         return ParamCounts(total=compact.total + extra_rows, non_embedding=compact.non_embedding)
 
+    @classmethod
+    @torch.no_grad()
+    def from_full(cls, gpt: GPT, vocab: CompactVocabulary, unseen_smoothing: float = 0.0) -> "ShortlistGPT":
+        """The compact model of a full GPT, the inverse of to_full: the blocks, position embedding and
+        LayerNorms copied, each seen token's embedding row (and logit bias) its own, the shared row the mean
+        of the unseen tokens' rows: exactly theirs when they are equal, as in a GPT that to_full expanded."""
+        model = cls(gpt.config, vocab, unseen_smoothing).to(gpt.transformer.wte.weight.device)
+        state = dict(gpt.state_dict())
+        state["transformer.wte.weight"] = state["lm_head.weight"] = row_means(state["transformer.wte.weight"], vocab)
+        if "lm_head.bias" in state:
+            state["lm_head.bias"] = row_means(state["lm_head.bias"], vocab)
+        model.gpt.load_state_dict(state)
+        model.train(gpt.training)
+        return model
+
     @torch.no_grad()
     def to_full(self) -> GPT:
         """The equivalent 50,257-row GPT: every unseen token gets a copy of the shared row."""
@@ -102,3 +117,13 @@ class ShortlistGPT(nn.Module):
         full.vocabulary = self.vocab
         full.train(self.training)
         return full
+
+
+def row_means(values: torch.Tensor, vocab: CompactVocabulary) -> torch.Tensor:
+    """Each compact row's mean of the full-vocabulary `values` (vocab_size, ...) of its ids. Summed in
+    float64, n equal float32 values sum to exactly n times one, so equal rows give back that row exactly."""
+    rows = vocab.row_of_id.to(values.device)
+    sums = torch.zeros((vocab.n_rows, *values.shape[1:]), dtype=torch.float64, device=values.device)
+    sums.index_add_(0, rows, values.double())
+    counts = vocab.counts.to(values.device).double().reshape(-1, *[1] * (values.dim() - 1))
+    return (sums / counts).to(values.dtype)

@@ -27,6 +27,15 @@ class CompactVocabulary:
         row_of_id[seen] = torch.arange(len(seen))
         return cls(row_of_id)
 
+    def with_own_row(self, token: int) -> "CompactVocabulary":
+        """The same map with `token` moved out of the row it shares into a new last row (a token that
+        finetuning must tell apart from its row-mates, such as end-of-text, which pretraining never saw)."""
+        if self.counts[self.row_of_id[token]] == 1:
+            return self
+        row_of_id = self.row_of_id.clone()
+        row_of_id[token] = self.n_rows
+        return CompactVocabulary(row_of_id)
+
     @cached_property
     def counts(self) -> torch.Tensor:
         """How many ids share each row (int64)."""

@@ -14,7 +14,7 @@ from tinygpt.pipeline.model_uri import model_dir
 
 OWN_METRICS_FILE = "metrics.json"  # carried inside a registered MLflow model's directory
 # The pipeline's model directories and the stage whose metrics file describes each.
-STAGE_OF_DIR = {paths.PRETRAIN_DIR: "pretrain", paths.RLHF_DIR: "rlhf", paths.DPO_DIR: "dpo",
+STAGE_OF_DIR = {paths.PRETRAIN_DIR: "pretrain", paths.SFT_DIR: "sft", paths.RLHF_DIR: "rlhf", paths.DPO_DIR: "dpo",
                 paths.REWARD_DIR: "reward", paths.HF_DIR: "compare"}
 # The few numbers `info` shows of a stage's metrics (each stage has some of them; --json shows all).
 HEADLINES = ("whole_val.loss", "whole_val.perplexity", "ours.val.loss", "ours.val.perplexity",

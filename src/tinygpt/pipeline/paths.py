@@ -32,6 +32,14 @@ PREFERENCE_PROMPTS = PREFERENCES_DIR / "prompts"  # datasets DatasetDict: train,
 REWARD_DIR = MODELS / "reward"  # trunk (weights.py format) + head.safetensors with the normalisation
 RLHF_DIR = MODELS / "rlhf"  # the PPO policy's GPT at the reported step (weights.py format)
 DPO_DIR = MODELS / "dpo"  # the DPO policy's GPT at the reported step
+SFT_DIR = MODELS / "sft"  # the pretrained GPT finetuned on dialogue replies (weights.py format)
+
+
+def start_model_dir(start_model: str) -> Path:
+    """The model the RLHF stages start from (preferences.start_model): models/pretrain or models/sft, as
+    dvc.yaml's `models/${preferences.start_model}` dep names it."""
+    return MODELS / start_model
+
 BEST_OF_N_DIR = DATA / "best_of_n"
 BEST_OF_N_SCORES = BEST_OF_N_DIR / "scores.csv"  # every reference sample: set, prompt, sample, gold, proxy
 
@@ -98,6 +106,12 @@ RLHF_SAMPLES_MD = RLHF_REPORTS / "samples.md"  # held-out continuations before a
 RLHF_FRONTIER_CSV = RLHF_PLOTS / "frontier.csv"  # per evaluation and held-out set: KL, gold and proxy gain, ...
 BEST_OF_N_CURVE_CSV = plots_dir("best_of_n") / "curve.csv"  # per set and n: analytic KL, gold and proxy gain
 SOFT_BEST_OF_N_CSV = plots_dir("best_of_n") / "soft.csv"  # per set and beta: soft best-of-max_n's KL bound and gains
+SFT_PLOTS = plots_dir("sft")
+SFT_STEPS_CSV = SFT_PLOTS / "steps.csv"  # per step: reply loss, lr, grad_norm
+SFT_STEPS_PNG = SFT_PLOTS / "steps.png"
+SFT_HELDOUT_CSV = SFT_PLOTS / "heldout.csv"  # per evaluation: the selection pairs' reply NLL
+SFT_REPORTS = REPORTS / "sft"
+SFT_SAMPLES_MD = SFT_REPORTS / "samples.md"  # report-set prompts: the pretrained model's reply, then the SFT model's
 DPO_PLOTS = plots_dir("dpo")
 DPO_STEPS_CSV = DPO_PLOTS / "steps.csv"  # per DPO step: loss, implicit-reward accuracy and margin, lr
 DPO_STEPS_PNG = DPO_PLOTS / "steps.png"

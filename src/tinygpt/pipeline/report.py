@@ -18,8 +18,8 @@ from tinygpt.pipeline import paths, tracking
 from tinygpt.pipeline.params import TrackingParams
 
 # Pipeline order; the report reads each stage's metrics/<stage>.json.
-STAGES = ("download", "tokenize", "split", "pretrain", "evaluate", "compare", "preferences", "reward", "best_of_n",
-          "rlhf", "dpo", "frontier")
+STAGES = ("download", "tokenize", "split", "pretrain", "evaluate", "compare", "sft", "preferences", "reward",
+          "best_of_n", "rlhf", "dpo", "frontier")
 
 # (name in MLflow and the summary, stage, dotted key in that stage's metrics JSON). Missing keys are
 # skipped, so a stage that gains or loses a metric never breaks the report.
@@ -45,6 +45,10 @@ HEADLINES: tuple[tuple[str, str, str], ...] = (
     ("compare/gpt2_val_bits_per_byte", "compare", "gpt2.val.bits_per_byte"),
     ("compare/fidelity_max_abs_logit_diff", "compare", "fidelity.max_abs_logit_diff"),
     ("compare/forward_speed_ours_over_hf", "compare", "ours.speed.ratio.forward_ours_over_hf"),
+    ("sft/reply_nll_before", "sft", "before.report.nll"),  # report-set pairs, nats per reply token
+    ("sft/reply_nll_after", "sft", "after.report.nll"),
+    ("sft/reply_text_nll_after", "sft", "after.report.text_nll"),
+    ("sft/replies_ended_after", "sft", "after.replies.ended_share"),
     ("preferences/train_pairs", "preferences", "train.pairs"),
     ("reward/report_accuracy", "reward", "report.accuracy"),
     ("best_of_n/gold_gain_n16", "best_of_n", "report.16.gold_gain"),

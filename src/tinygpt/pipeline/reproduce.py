@@ -47,6 +47,10 @@ CHECKS: tuple[Check, ...] = (
     Check("evaluate ECE", "evaluate", "calibration.ece", 0.01),  # 0.028 fp32, 0.026 bf16
     # Our GPT against its Hugging Face export, both fp32: agreement to float rounding on any CPU.
     Check("max abs logit difference, ours vs transformers", "compare", "fidelity.max_abs_logit_diff", 1e-4),
+    # SFT finetunes the pretrained model: its reply NLL moves with it (one run measured; the pretrain loss's
+    # own tolerance, plus the finetuning's); the share of 32 sampled replies that end moves by a few samples.
+    Check("SFT report-set reply NLL (nats/token)", "sft", "after.report.nll", 0.05),
+    Check("SFT sampled replies that end where a speech ends", "sft", "after.replies.ended_share", 0.15),
     # The RLHF stages amplify small differences: held-out pair accuracy 0.72 fp32 / 0.70 bf16. PPO's
     # report-set gain over seeds 1337 / 7 / 42 on one machine: +0.392 / +0.353 / +0.367 at KL ~5.0; another
     # CPU may select another evaluated step (docs/experiments.md, "RLHF against best-of-n").
@@ -124,8 +128,8 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
 
 # Every stage of dvc.yaml, in pipeline order (the report has no metrics of its own time).
-TIMED_STAGES = ("check_params", "download", "tokenize", "split", "pretrain", "evaluate", "compare", "preferences",
-                "reward", "best_of_n", "rlhf", "dpo", "frontier")
+TIMED_STAGES = ("check_params", "download", "tokenize", "split", "pretrain", "evaluate", "compare", "sft",
+                "preferences", "reward", "best_of_n", "rlhf", "dpo", "frontier")
 
 
 def stage_times(metrics: dict) -> dict[str, float]:

@@ -12,6 +12,7 @@ from tinygpt.model.config import GPTConfig
 from tinygpt.pipeline.params import PARAMS_FILE, ParamsError, TrackingParams, build_section, load_sections, read_yaml
 from tinygpt.rlhf.config import (BestOfNParams, DpoParams, HeldOutParams, PreferencesParams, RewardParams,
                                  RlhfParams)
+from tinygpt.rlhf.sft_config import SftParams
 from tinygpt.train.config import TrainParams
 
 # Section name in params.yaml -> its dataclass, in the file's order.
@@ -25,6 +26,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "eval": EvalParams,
     "compare": CompareParams,
+    "sft": SftParams,
     "preferences": PreferencesParams,
     "reward": RewardParams,
     "heldout": HeldOutParams,

@@ -1,5 +1,5 @@
 """`tinygpt generate`: a prompt continued by any language model directory, streamed to stdout as the
-tokens are sampled."""
+tokens are sampled. `tinygpt chat` (chat.py) loads and samples through the same functions."""
 from __future__ import annotations
 
 import itertools
@@ -57,7 +57,7 @@ def check_vocabulary(model: GPT, directory: Path) -> None:
     """The GPT-2 tokenizer's ids are the model's rows, or the prompt and samples cannot be translated."""
     if model.config.vocab_size != tokenizer.N_VOCAB:
         raise TinyGptError(f"{directory}: vocab_size is {model.config.vocab_size}, not the GPT-2 tokenizer's "
-                           f"{tokenizer.N_VOCAB}; `tinygpt generate` encodes and decodes with that tokenizer")
+                           f"{tokenizer.N_VOCAB}; `tinygpt generate` and `chat` encode and decode with that tokenizer")
 
 
 def check_prompt_fits(ids: list[int], model: GPT, directory: Path) -> None:
@@ -72,8 +72,16 @@ def continuation(model: GPT, prompt: str, decoding: Decoding, directory: Path = 
     """The continuation's text, a piece per sampled token (held back while a character is incomplete)."""
     ids = tokenizer.encode(prompt) or [tokenizer.EOT_ID]  # an empty prompt: a fresh document, as GPT-2 saw them
     check_prompt_fits(ids, model, directory)
-    device = model.transformer.wte.weight.device
-    generator = torch.Generator(device=device).manual_seed(decoding.seed)
+    return sampled_text(model, ids, decoding, new_generator(model, decoding.seed))
+
+
+def new_generator(model: GPT, seed: int) -> torch.Generator:
+    return torch.Generator(device=model.transformer.wte.weight.device).manual_seed(seed)
+
+
+def sampled_text(model: GPT, ids: list[int], decoding: Decoding, generator: torch.Generator) -> Iterator[str]:
+    """The text sampled after `ids`, a piece per token; `generator` is the caller's, so that a chat draws
+    every reply from one seeded stream."""
     eot = tokenizer.EOT_ID if decoding.stop_at_eot else None
     tokens = stream(model, ids, decoding.max_tokens, decoding.temperature, decoding.top_k, decoding.top_p,
                     generator, eot)
@@ -82,13 +90,20 @@ def continuation(model: GPT, prompt: str, decoding: Decoding, directory: Path = 
     return tokenizer.decode_stream(tokens)
 
 
+def load_for_text(model: str, device: str = "auto") -> tuple[GPT, Path]:
+    """MODEL (a directory or an MLflow URI) as a GPT that reads and writes the GPT-2 tokenizer's ids, and its
+    local directory, for the messages that name it."""
+    directory = model_dir(model)
+    gpt = load_language_model(directory, resolve_device(device))
+    check_vocabulary(gpt, directory)
+    return gpt, directory
+
+
 def write_continuation(model: str, prompt: str, decoding: Decoding, device: str = "auto",
                        out: TextIO | None = None) -> None:
     """Write MODEL's continuation of `prompt` to `out` (stdout), flushing every piece, then a newline."""
     decoding.validate()
-    directory = model_dir(model)
-    gpt = load_language_model(directory, resolve_device(device))
-    check_vocabulary(gpt, directory)
+    gpt, directory = load_for_text(model, device)
     out = out or sys.stdout
     for piece in continuation(gpt, prompt, decoding, directory):
         out.write(piece)

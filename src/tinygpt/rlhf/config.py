@@ -14,6 +14,7 @@ class PreferencesParams:
     """params.yaml `preferences`: prompts cut from the text, sampled continuations, pairs labelled by an
     oracle."""
 
+    start_model: str = "pretrain"  # pretrain | sft: the model every RLHF stage starts from (paths.start_model_dir)
     oracle: str = "sentiment"
     keyword: str = "love"
     min_margin: float = 0.0
@@ -28,6 +29,7 @@ class PreferencesParams:
     seed: int = 1337
 
     def validate(self) -> None:
+        one_of("preferences.start_model", self.start_model, ("pretrain", "sft"))
         one_of("preferences.oracle", self.oracle, ("sentiment", "brevity", "keyword"))
         if self.oracle == "keyword":
             require(bool(self.keyword.strip()), "preferences.keyword", "a non-empty word", self.keyword)

@@ -27,8 +27,9 @@ from tinygpt.data.batches import RandomWindows
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import FullHead, output_head
 from tinygpt.rlhf.config import DpoParams
-from tinygpt.rlhf.finetune import finetuning_optimizer, freeze_embeddings, ptx_loss
-from tinygpt.rlhf.reward_model import lr_factor, pad_sequences
+from tinygpt.rlhf.finetune import ptx_loss
+from tinygpt.rlhf.reward_model import pad_sequences
+from tinygpt.rlhf.tuning import finetuning_optimizer, freeze_embeddings, lr_factor
 from tinygpt.rlhf.rollout import token_logprobs
 
 
@@ -239,8 +240,8 @@ def dpo_optimizer(policy: GPT, learning_rate: float, logit_bias_lr: float = 0.0)
     The token embedding is also the LM head: a DPO step on it moves the logit of every one of the 50k
     tokens, most of which no pair contains, and Adam's per-weight normalisation makes those rare-token
     updates as large as the common ones. Freezing it keeps the output vocabulary the language model
-    learned, and DPO trains the same weights as PPO (finetune.freeze_embeddings), so the two compare.
-    The logit bias (finetune.finetuning_optimizer) moves one word's logit at a time.
+    learned, and DPO trains the same weights as PPO (tuning.freeze_embeddings), so the two compare.
+    The logit bias (tuning.finetuning_optimizer) moves one word's logit at a time.
     """
     freeze_embeddings(policy)
     return finetuning_optimizer(list(policy.parameters()), learning_rate, policy, logit_bias_lr)

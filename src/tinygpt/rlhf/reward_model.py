@@ -26,6 +26,7 @@ from tinygpt.core.modes import eval_mode, training_mode
 from tinygpt.data.tokenizer import EOT_ID
 from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import HEAD_FILE, ModelFileError, load_model, read_weights, save_model
+from tinygpt.rlhf.tuning import lr_factor
 
 
 def summary_token(vocab_size: int) -> int:
@@ -118,13 +119,6 @@ def pair_rewards(
 def _same_width(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(a.size(1), b.size(1))
     return F.pad(a, (0, width - a.size(1)), value=EOT_ID), F.pad(b, (0, width - b.size(1)), value=EOT_ID)
-
-
-def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Linear warmup to the full rate, then linear decay to zero at `total_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
 def train_reward_model(

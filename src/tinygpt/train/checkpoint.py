@@ -3,7 +3,7 @@
 DVC deletes a stage's outputs before it reruns the stage, so checkpoints kept under models/ would be
 gone exactly when they are needed. They live in `.cache/pretrain/<key>/` instead, where the key hashes
 everything that decides the weights (model and training params, device and precision, the token files,
-the torch version and the stage's code); a rerun with the same key resumes, any change starts afresh in another directory.
+the initial weights when train.init_from names some, the torch version and the stage's code); a rerun with the same key resumes, any change starts afresh in another directory.
 A checkpoint also records how many processes wrote it, and resumes only with as many.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tinygpt.core import io
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.errors import TinyGptError
 from tinygpt.model.config import GPTConfig
-from tinygpt.train.config import TrainParams
+from tinygpt.train.config import SCRATCH, TrainParams
 
 CHECKPOINT_FILE = "checkpoint.pt"
 KEY_FILE = "config.json"  # what the key was computed from, for a person looking at the cache
@@ -37,12 +37,25 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_digest(files: list[Path]) -> str:
+    """sha256 of a weights file; of its shards' digests, for a checkpoint saved in several files."""
+    digests = [file_digest(f) for f in files]
+    return digests[0] if len(digests) == 1 else hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
 def key_material(config: GPTConfig, train_params: TrainParams, data_files: list[Path], code_version: str = "",
-                 compute: ComputeParams = ComputeParams()) -> dict[str, Any]:
+                 compute: ComputeParams = ComputeParams(), init: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the checkpoint key hashes. `init`: the initial weights' description (their sha256 among it),
+    required unless train.init_from is scratch, so that other weights under the same name start afresh."""
     train = {k: v for k, v in dataclasses.asdict(train_params).items() if k not in REPORT_ONLY_KEYS}
     if train["nproc_per_node"] == 1:  # only above 1: single-process runs keep the keys they have without it
         del train["nproc_per_node"]
-    return {
+    if train["init_from"] == SCRATCH:  # likewise: runs from random weights keep their keys
+        del train["init_from"]
+        init = None
+    elif init is None:
+        raise ValueError(f"train.init_from = {train_params.init_from!r} needs the initial weights' description")
+    material = {
         "model": config.to_dict(),
         "train": train,
         "compute": dataclasses.asdict(compute),  # the precision decides the weights
@@ -51,6 +64,9 @@ def key_material(config: GPTConfig, train_params: TrainParams, data_files: list[
         # A hash of the stage's code (tinygpt.pipeline.codedeps): edited code must not resume an old run's state.
         "code": code_version,
     }
+    if init is not None:
+        material["init"] = init
+    return material
 
 
 def run_key(material: dict[str, Any]) -> str:

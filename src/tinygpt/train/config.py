@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from tinygpt.core.checks import non_negative, one_of, positive, require
 
+SCRATCH = "scratch"  # train.init_from: random initial weights
+
 
 @dataclass
 class TrainParams:
@@ -32,6 +34,7 @@ class TrainParams:
     eval_batches: int = 4
     checkpoint_interval: int = 350
     seed: int = 1337
+    init_from: str = SCRATCH  # or a model directory or a Hugging Face hub id: its weights are the start
     compile: bool = True
     threads: int = 0
     nproc_per_node: int = 1
@@ -60,3 +63,5 @@ class TrainParams:
                 self.unseen_smoothing)
         require(0 <= self.input_noise < 1, "train.input_noise", "a number in [0, 1)", self.input_noise)
         non_negative("train.threads", self.threads)
+        require(isinstance(self.init_from, str) and self.init_from.strip() != "", "train.init_from",
+                f"{SCRATCH}, a model directory or a Hugging Face hub id", self.init_from)

@@ -8,7 +8,8 @@ schedule advance (step), and the step's numbers are recorded (log). Every `eval_
 rerun of the same configuration resumes from it and ends with the same weights, bit for bit. Under
 torchrun, each process trains on its share of every batch and DistributedDataParallel averages the
 gradients (`tinygpt.train.distributed`); every process evaluates the same fixed batches, rank 0 alone
-reads and writes the checkpoint.
+reads and writes the checkpoint. The weights start random, or (train.init_from) from a model of the same
+shape, which every process loads from the same source.
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.model.shortlist import CompactVocabulary, ShortlistGPT
 from tinygpt.train.checkpoint import CheckpointDir, key_material
-from tinygpt.train.config import TrainParams
+from tinygpt.train.config import SCRATCH, TrainParams
 from tinygpt.train.distributed import SINGLE, World, cpu_share, syncing, wrap
+from tinygpt.train.init_from import init_weights
 from tinygpt.train.optim import (MuonWithAdamW, SteppedAsOne, build_optimizer,
                                  build_schedule)
 
@@ -204,12 +206,16 @@ def estimate_losses(state: TrainState, eval_sets: dict[str, list], device: torch
 # ---------------------------------------------------------------- the loop
 
 
-def build_model(config: GPTConfig, train_params: TrainParams, train_tokens: np.ndarray) -> GPT | ShortlistGPT:
-    """The model the loop trains: the GPT itself, or its exact compact form over the training vocabulary."""
+def build_model(config: GPTConfig, train_params: TrainParams, train_tokens: np.ndarray,
+                init: GPT | None = None) -> GPT | ShortlistGPT:
+    """The model the loop trains: the GPT itself, or its exact compact form over the training vocabulary;
+    with random weights, or those of `init` (a GPT of `config`)."""
     if not train_params.shortlist_vocab:
-        return GPT(config)
-    return ShortlistGPT(config, CompactVocabulary.of_tokens(train_tokens, config.vocab_size),
-                        train_params.unseen_smoothing)
+        return GPT(config) if init is None else init
+    vocab = CompactVocabulary.of_tokens(train_tokens, config.vocab_size)
+    if init is None:
+        return ShortlistGPT(config, vocab, train_params.unseen_smoothing)
+    return ShortlistGPT.from_full(init, vocab, train_params.unseen_smoothing)
 
 
 def full_model(model: GPT | ShortlistGPT) -> GPT:
@@ -217,10 +223,11 @@ def full_model(model: GPT | ShortlistGPT) -> GPT:
 
 
 def init_state(config: GPTConfig, train_params: TrainParams, train_tokens: np.ndarray, device: torch.device,
-               precision: str, world: World = SINGLE) -> TrainState:
-    """The sampler of every process draws the whole batch (train_params.batch_size) from the same seed."""
+               precision: str, world: World = SINGLE, init: GPT | None = None) -> TrainState:
+    """The sampler of every process draws the whole batch (train_params.batch_size) from the same seed.
+    `init`: the initial weights (init_weights), None for random ones."""
     torch.manual_seed(train_params.seed)  # initial weights, then dropout
-    model = build_model(config, train_params, train_tokens).to(device)
+    model = build_model(config, train_params, train_tokens, init).to(device)
     model.train()
     optimizer = build_optimizer(model, train_params, device, precision)
     if world.world_size > 1:
@@ -259,6 +266,7 @@ class Session:
     last_saved: int = 0  # step of the newest checkpoint on disk
     world: World = SINGLE
     ddp: torch.nn.Module | None = None  # the DistributedDataParallel wrapper, with several processes
+    init: dict = field(default_factory=lambda: {"from": SCRATCH})  # InitWeights.info
 
 
 def start(config: GPTConfig, train_params: TrainParams, train_path: Path, val_path: Path, checkpoint_root: Path,
@@ -277,9 +285,10 @@ def start(config: GPTConfig, train_params: TrainParams, train_path: Path, val_pa
     device = world.own_device(resolve_device(compute.device))
     precision = resolve_precision(compute.precision, device)
     train_tokens, val_tokens = read_tokens(train_path), read_tokens(val_path)
-    state = init_state(config, train_params, train_tokens, device, precision, world)
-    checkpoints = CheckpointDir(checkpoint_root,
-                                key_material(config, train_params, [train_path, val_path], code_version, compute))
+    init = init_weights(config, train_params)
+    state = init_state(config, train_params, train_tokens, device, precision, world, init.model)
+    checkpoints = CheckpointDir(checkpoint_root, key_material(config, train_params, [train_path, val_path],
+                                                              code_version, compute, init.info))
     saved = world.from_main(lambda: checkpoints.load(world.world_size))
     if saved is not None:
         state.restore(saved, device, world)
@@ -292,7 +301,7 @@ def start(config: GPTConfig, train_params: TrainParams, train_path: Path, val_pa
     ddp = wrap(state.model, device, world)
     runner = compiled(state.model if ddp is None else ddp, train_params, device)
     session = Session(train_params, device, precision, runner, eval_sets, checkpoints, on_step,
-                      last_saved=state.step, world=world, ddp=ddp)
+                      last_saved=state.step, world=world, ddp=ddp, init=init.info)
     return state, session
 
 
@@ -359,7 +368,7 @@ def train_loop(config: GPTConfig, train_params: TrainParams, train_path: Path, v
         if state.step % LOG_INTERVAL == 0:
             bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
     bar.close()
-    metrics = summary(state, session.device, session.precision, world)
+    metrics = summary(state, session.device, session.precision, world, session.init)
     return TrainResult(full_model(state.model), state.history, state.evals, metrics, session.checkpoints.path, resumed_from)
 
 
@@ -383,7 +392,8 @@ def peak_rss_mib() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-def summary(state: TrainState, device: torch.device, precision: str, world: World = SINGLE) -> dict:
+def summary(state: TrainState, device: torch.device, precision: str, world: World = SINGLE,
+            init: dict | None = None) -> dict:
     final = state.evals[-1]
     best = min(state.evals, key=lambda row: row["val_loss"])
     tokens_seen = state.history[-1]["tokens_seen"] if state.history else 0
@@ -402,6 +412,7 @@ def summary(state: TrainState, device: torch.device, precision: str, world: Worl
         "precision": precision,
         "world_size": world.world_size,  # training processes
         "vocabulary": vocabulary_summary(state.model),
+        "init": init or {"from": SCRATCH},  # the initial weights; the step-0 evaluation shows where they start
     }
 
 
