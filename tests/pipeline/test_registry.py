@@ -193,3 +193,20 @@ def stop_group(server: subprocess.Popen) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def test_tinygpt_chat_talks_with_a_registered_model_as_with_its_folder(mlflow_uri, tmp_path, monkeypatch):
+    import io
+
+    from tinygpt.pipeline import chat
+    from tinygpt.pipeline.streaming import Decoding
+
+    monkeypatch.chdir(tmp_path)
+    log_pretrain(tmp_path)
+    transcripts = []
+    for model in (registry.model_uri("exp-pretrain"), str(tmp_path / "model0")):
+        out = io.StringIO()
+        chat.talk(model, Decoding(max_tokens=4, temperature=0.0), device="cpu",
+                  lines=io.StringIO("Good morrow.\nFarewell.\n"), out=out)
+        transcripts.append(out.getvalue())
+    assert transcripts[0] == transcripts[1] and transcripts[0].count("JULIET: ") == 2

@@ -129,6 +129,24 @@ def test_starts_from_a_hugging_face_gpt2_folder(corpus, tmp_path, single_thread,
                                       "sha256": sha256(folder / "model.safetensors")}
 
 
+def test_starts_from_the_compare_stages_hugging_face_export(corpus, tmp_path, single_thread):
+    """models/hf is our model written by the compare stage (hf.export_hf_dir): starting from it is starting
+    from that model, as transformers reads it back."""
+    from tinygpt.model.hf import export_hf_dir
+
+    from tinygpt.model.gpt import GPT
+
+    config = dataclasses.replace(TINY, vocab_size=50257, dropout=0.0)  # an export carries GPT-2's tokenizer
+    torch.manual_seed(5)
+    source = GPT(config).eval()
+    export_hf_dir(source, tmp_path / "hf")
+    p = dataclasses.replace(FAST, init_from=str(tmp_path / "hf"), shortlist_vocab=False)
+    result = run(corpus, tmp_path / "ckpt", p, config)
+    expected = reference_val_loss(lambda x: source(x)[0], corpus, p, TINY.block_size)
+    assert result.evals[0]["val_loss"] == pytest.approx(expected, rel=1e-5)
+    assert result.metrics["init"]["format"] == "huggingface"
+
+
 def test_starts_from_a_hub_id_in_the_hugging_face_cache(tmp_path, hf_folder, monkeypatch):
     """A hub id is read from the cache (offline here), and its weights file's digest describes it."""
     import huggingface_hub.constants
