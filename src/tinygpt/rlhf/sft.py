@@ -16,7 +16,7 @@ import torch
 
 from tinygpt.core.device import autocast
 from tinygpt.core.modes import eval_mode, training_mode
-from tinygpt.data.dialogue import Example
+from tinygpt.data.dialogue import TURN_SEPARATOR, Example
 from tinygpt.data.tokenizer import EOT_ID, decode
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import FullHead, output_head
@@ -214,9 +214,14 @@ def sample_replies(model: GPT, examples: Sequence[Example], sft_params: SftParam
             new = ids[0, len(example.prompt):].tolist()
             closed = EOT_ID in new
             text = decode(new[: new.index(EOT_ID)] if closed else new)
-            replies.append(SampledReply(decode(example.prompt), text, closed and "\n\n" not in text.strip("\n"),
+            replies.append(SampledReply(decode(example.prompt), text, closed and not runs_on(text),
                                         len(new) - int(closed)))
     return replies
+
+
+def runs_on(text: str) -> bool:
+    """Whether a reply's text goes on into another speech (a blank line inside it, as tinygpt chat stops at)."""
+    return TURN_SEPARATOR in text.strip("\n")
 
 
 def ending_summary(replies: Sequence[SampledReply]) -> dict[str, float]:
@@ -224,5 +229,5 @@ def ending_summary(replies: Sequence[SampledReply]) -> dict[str, float]:
     n = max(1, len(replies))
     ended = sum(r.ended for r in replies) / n
     return {"ended_share": ended, "ended_se": math.sqrt(ended * (1 - ended) / n),
-            "ran_on_share": sum("\n\n" in r.text.strip("\n") for r in replies) / n,
+            "ran_on_share": sum(runs_on(r.text) for r in replies) / n,
             "mean_tokens": sum(r.tokens for r in replies) / n, "samples": len(replies)}
