@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -127,6 +128,52 @@ def run_queue(project: Path, workers: int = 1, timeout_s: float = 1200, env_vars
             return status
     dvc(project, "queue", "stop", "--kill", env_vars=env_vars, check=False)
     raise AssertionError(f"the queue did not finish in {timeout_s:.0f} s:\n{status}")
+
+
+def failed_names(status: str) -> list[str]:
+    """The names of the failed tasks in a `dvc queue status` table."""
+    return re.findall(r"^\w+\s+(\S+)\s.*\bFailed\s*$", status, flags=re.M)
+
+
+def failed_in_a_stage(log: str) -> bool:
+    """Whether a failed queued experiment's log shows one of the pipeline's stages failing (DVC prints
+    "failed to reproduce" for it), rather than DVC's queue failing around the stages."""
+    return "failed to reproduce" in log or "Traceback" in log
+
+
+def run_queued(project: Path, experiments: dict[str, list[str]], workers: int = 2,
+               env_vars: dict[str, str] | None = None) -> str:
+    """Queue each experiment (`dvc exp run --queue -n NAME *ARGS`), run them on `workers` workers and
+    return the last `dvc queue status`, every experiment a success.
+
+    DVC's queue with several workers sometimes fails a task in its own set-up or collection, with no
+    stage at fault (treeverse/dvc#10673, open): such an experiment is queued and run once more (said on
+    stdout). An experiment failed by a stage fails the test, with its log and the workers' logs."""
+    def queue(names):
+        for name in names:
+            dvc(project, "exp", "run", "--queue", "-n", name, *experiments[name], env_vars=env_vars)
+
+    queue(experiments)
+    status = run_queue(project, workers=workers, env_vars=env_vars)
+    failed = failed_names(status)
+    if failed:
+        logs = {name: dvc(project, "queue", "logs", name, env_vars=env_vars, check=False) for name in failed}
+        report = "\n".join(f"--- dvc queue logs {name}:\n{tail(out.stdout + out.stderr)}" for name, out in logs.items())
+        workers_log = "\n".join(f"--- {path.name}:\n{tail(path.read_text(errors='replace'), 30)}"
+                                 for path in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")))
+        assert not any(failed_in_a_stage(out.stdout + out.stderr) for out in logs.values()), \
+            f"queued experiment(s) failed in a stage:\n{status}\n{report}\n{workers_log}"
+        print(f"DVC's queue failed {failed} outside any stage; run once more:\n{report}\n{workers_log}")
+        dvc(project, "queue", "remove", *failed, env_vars=env_vars)
+        queue(failed)
+        status = run_queue(project, workers=workers, env_vars=env_vars)
+    for name in experiments:
+        assert re.search(rf"\b{re.escape(name)}\b.*Success", status), status
+    return status
+
+
+def tail(text: str, lines: int = 80) -> str:
+    return "\n".join(text.splitlines()[-lines:])
 
 
 class Interrupted(Exception):

@@ -6,7 +6,7 @@ import json
 import re
 
 import pytest
-from support import copy_finished, dvc, run_queue
+from support import copy_finished, dvc, run_queued
 
 from tinygpt.pipeline import report
 from tinygpt.pipeline.sections import load_named
@@ -97,10 +97,7 @@ def test_temp_and_parallel_queued_experiments_share_the_store(tiny_project):
     assert [r.data.params["split.val_fraction"] for r in runs_of(client, "tinygpt", stage="split")].count("0.2") == 1
 
     # Two queued experiments run by two workers at once write to the same SQLite store.
-    for fraction in ("0.15", "0.25"):
-        dvc(project, "exp", "run", "--queue", "-S", f"split.val_fraction={fraction}", "split")
-    status = run_queue(project, workers=2)
-    assert "Failed" not in status and "Running" not in status, status
+    run_queued(project, {f"fraction-{f[2:]}": ["-S", f"split.val_fraction={f}", "split"] for f in ("0.15", "0.25")})
     split_runs = runs_of(client, "tinygpt", stage="split")
     fractions = sorted(r.data.params["split.val_fraction"] for r in split_runs)
     assert fractions == ["0.1", "0.15", "0.2", "0.25"]

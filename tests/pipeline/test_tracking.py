@@ -42,6 +42,34 @@ def test_retry_on_locked_database():
         tracking.with_retry(lambda: (_ for _ in ()).throw(ValueError("other")))
 
 
+def test_a_dataset_another_run_creates_at_the_same_moment_is_logged_on_retry(mlflow_uri, tmp_path, monkeypatch):
+    # Seen in the load test on a server: two rlhf stages logged the same new dataset at once and the
+    # second insert failed the stage. The store's answer is replayed here on the first attempt.
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts.bin").write_bytes(b"abc")
+    with tracking.stage_run("demo", {"a": 1}, TrackingParams("race")) as run:
+        real = run.mlflow_client.log_inputs
+        attempts = []
+
+        def racing(*args, **kwargs):
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise MlflowException("BAD_REQUEST: (sqlite3.IntegrityError) UNIQUE constraint failed: "
+                                      "datasets.experiment_id, datasets.name, datasets.digest")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(run.mlflow_client, "log_inputs", racing)
+        run.log_dataset(tmp_path / "prompts.bin", "training")
+        run_id = run.run_id
+        run.finish({"loss": 1.0})
+    from mlflow.tracking import MlflowClient
+
+    inputs = MlflowClient(mlflow_uri).get_run(run_id).inputs.dataset_inputs
+    assert len(attempts) == 2 and [d.dataset.name for d in inputs] == ["prompts.bin"]
+
+
 def test_stage_run_logs_params_metrics_tags(mlflow_uri, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 

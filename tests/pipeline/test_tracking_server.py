@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import copy_finished, dvc, run_queue, set_params
+from support import copy_finished, dvc, run_queued, set_params
 
 from tinygpt.pipeline import tracking
 from tinygpt.pipeline.params import TrackingParams
@@ -153,14 +153,11 @@ def test_four_queued_experiments_on_two_workers_all_log(store, finished_project,
     else:
         uri, env_vars = f"sqlite:///{project / 'mlflow.db'}", {}
     names = [f"load-{i}" for i in range(4)]
-    # A new PPO seed: rlhf, frontier and report rerun, two stage runs and a pipeline run per experiment,
-    # twelve runs written by two workers at once (a new reward seed would rerun six stages: more minutes,
-    # the same overlap of writers).
-    for i, name in enumerate(names):
-        dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"rlhf.seed={100 + i}", env_vars=env_vars)
-    status = run_queue(project, workers=2, env_vars=env_vars)
-    for name in names:
-        assert re.search(rf"{name}.*Success", status), status
+    # A new PPO seed: check_params, rlhf, frontier and report rerun, three stage runs and a pipeline run per
+    # experiment, sixteen runs written by two workers at once (a new reward seed would rerun seven stages:
+    # more minutes, the same overlap of writers).
+    run_queued(project, {name: ["-S", f"rlhf.seed={100 + i}"] for i, name in enumerate(names)}, workers=2,
+               env_vars=env_vars)
 
     client = MlflowClient(uri)
     stage_runs = client.search_runs([client.get_experiment_by_name("tinygpt").experiment_id], max_results=1000)

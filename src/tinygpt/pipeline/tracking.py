@@ -68,14 +68,22 @@ def artifact_location() -> str:
     return (repo_root() / ARTIFACTS_DIR).as_uri()
 
 
-def with_retry(action: Callable[[], T], attempts: int = 30) -> T:
-    """Run a store write, retrying with jittered backoff while another process holds the SQLite lock."""
+# A dataset row is created by the first run that logs it. Two runs logging the same new dataset at once (two
+# queued experiments' rlhf stages, on a fresh store or server) both find it missing and both insert it: the
+# store answers the second with this (MLflow's get-or-create is not atomic), and a retry finds the row made.
+DATASET_RACE = "unique constraint failed: datasets."
+
+
+def with_retry(action: Callable[[], T], attempts: int = 30, also: tuple[str, ...] = ()) -> T:
+    """Run a store write, retrying with jittered backoff while another process holds the SQLite lock (or
+    while an error containing one of `also`, lower case, says another writer got there first)."""
     global store_retries
     for attempt in range(attempts):
         try:
             return action()
         except Exception as err:  # mlflow wraps sqlite's OperationalError in its own exception types
-            if "locked" not in str(err).lower() or attempt == attempts - 1:
+            message = str(err).lower()
+            if not any(marker in message for marker in ("locked", *also)) or attempt == attempts - 1:
                 raise
             store_retries += 1
             time.sleep(min(2.0, 0.05 * 2**attempt) * (0.5 + random.random()))
@@ -283,7 +291,7 @@ class StageRun:
         with timing.phase("logging"):
             dataset = MetaDataset(LocalArtifactDatasetSource(Path(path).as_posix()), name=name, digest=md5_digest(path))
             entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])
-            with_retry(lambda: self.mlflow_client.log_inputs(self.run_id, datasets=[entity]))
+            with_retry(lambda: self.mlflow_client.log_inputs(self.run_id, datasets=[entity]), also=(DATASET_RACE,))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self.mlflow_client.log_text(self.run_id, text, artifact_file)

@@ -123,7 +123,7 @@ class RlhfParams:
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     ptx_coef: float = 0.5
-    ptx_batch_size: int = 16
+    ptx_batch_size: int = 4
     grad_clip: float = 1.0
     eval_interval: int = 20
     seed: int = 1337

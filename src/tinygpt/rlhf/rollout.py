@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tinygpt.core.device import autocast
 from tinygpt.data.tokenizer import EOT_ID, decode
 from tinygpt.model.gpt import GPT
-from tinygpt.model.heads import FullHead
+from tinygpt.model.heads import FullHead, output_head
 from tinygpt.model.sampling import generate
 
 
@@ -65,8 +65,10 @@ def sample(
     batch_size: int | None = None,
 ) -> Rollout:
     """Continue every prompt (batch, prompt_len) by `max_new_tokens` ids drawn at `temperature` (through
-    `head`, by default the model's full LM head), `batch_size` prompts at a time (None: all at once)."""
-    head = head or FullHead(model)
+    `head`, by default the compact head when the model has one: the same distribution for a fraction of
+    the work; else the full LM head), `batch_size` prompts at a time (None: all at once). The default
+    copies the embedding rows now: a model in training passes its own head (tuning.freeze_embeddings)."""
+    head = head or output_head(model, compact=True)
     parts = [sample_batch(model, chunk, max_new_tokens, temperature, generator, precision, head)
              for chunk in prompts.split(batch_size or max(1, len(prompts)))]
     sequences = torch.cat(parts)
