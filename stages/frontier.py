@@ -8,10 +8,10 @@ import pandas as pd
 from tinygpt.core import io
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
-from tinygpt.pipeline.outputs.frontier import write_outputs
+from tinygpt.pipeline.outputs.frontier import Golds, write_outputs
 from tinygpt.pipeline.params import TrackingParams
+from tinygpt.rlhf.best_of_n import DEEP, against_best_of_n
 from tinygpt.rlhf.config import PreferencesParams
-from tinygpt.rlhf.frontier import Golds, against_best_of_n
 from tinygpt.rlhf.oracles import HELDOUT_GOLD
 
 METHODS = {"PPO": ("rlhf", paths.RLHF_FRONTIER_CSV), "DPO": ("dpo", paths.DPO_FRONTIER_CSV)}
@@ -24,7 +24,10 @@ def main() -> None:
     p = params.load_sections(preferences=PreferencesParams, tracking=TrackingParams)
     with tracking.stage_run("frontier", {"preferences.oracle": p.preferences.oracle}, p.tracking) as run:
         curve = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
-        best_of_n = curve[curve["set"] == "report"].reset_index(drop=True)
+        # the report set's curve on every prompt, then the deep one (fewer prompts, larger n) if measured
+        curves = {name: curve[curve["set"] == name].reset_index(drop=True) for name in ("report", DEEP)
+                  if (curve["set"] == name).any()}
+        best_of_n = curves["report"]
         soft = pd.read_csv(paths.SOFT_BEST_OF_N_CSV)
         soft = soft[soft["set"] == "report"].reset_index(drop=True)
         runs, metrics = {}, {}
@@ -35,13 +38,17 @@ def main() -> None:
             row = table[(table["set"] == "report") & (table["step"] == selected)].iloc[0].to_dict()
             metrics[method.lower()] = {
                 "selected_step": selected,
-                **{k: row[k] for k in POINT_KEYS if k in row}, **against_best_of_n(row, best_of_n),
+                **{k: row[k] for k in POINT_KEYS if k in row}, **against_best_of_n(row, curves),
             }
         golds = Golds(p.preferences.oracle, HELDOUT_GOLD[p.preferences.oracle])
-        write_outputs(best_of_n, runs, golds, soft)
+        write_outputs(curves, runs, golds, soft)
         at = best_of_n.set_index("n")
         curve_keys = ("kl", "gold_gain", "gold_gain_se", "heldout_gold_gain", "heldout_gold_gain_se")
         metrics["best_of_n"] = {f"n{n}": {k: at.loc[n, k] for k in curve_keys if k in at} for n in at.index}
+        if DEEP in curves:
+            deep = curves[DEEP].set_index("n")
+            metrics["best_of_n_deep"] = {f"n{n}": {k: deep.loc[n, k] for k in curve_keys if k in deep}
+                                         for n in deep.index}
         metrics["heldout_gold"] = golds.heldout
         io.write_json(paths.metrics_file("frontier"), run.finish(metrics, artifacts=[paths.FRONTIER_PLOTS,
                                                                                       paths.FRONTIER_REPORTS]))
@@ -49,7 +56,8 @@ def main() -> None:
             m = metrics[method.lower()]
             there = ("beyond the measured best-of-n curve (to KL {:.2f}): no comparison".format(m["best_of_n_max_kl"])
                      if m["beyond_best_of_n_curve"] else
-                     f"best-of-n there {m['best_of_n_gold_gain_at_kl']:+.3f} ({m['gain_over_best_of_n']:+.3f})")
+                     f"best-of-n there ({m['best_of_n_curve']}) {m['best_of_n_gold_gain_at_kl']:+.3f} "
+                     f"({m['gain_over_best_of_n']:+.3f} ± {m['gain_over_best_of_n_se']:.3f})")
             print(f"frontier: {method} gold gain {m['gold_gain']:+.3f} at KL {m['kl']:.2f}; {there}")
 
 

@@ -36,7 +36,7 @@ TINY_PIPELINE = {
     "sft": {"batch_size": 32, "eval_interval": 2, "samples": 2, "max_new_tokens": 4},
     "reward": {"epochs": 1, "batch_size": 4, "warmup_steps": 1},
     "heldout": {"samples_per_prompt": 1, "batch_size": 16},
-    "best_of_n": {"max_n": 4},
+    "best_of_n": {"max_n": 4, "deep_n": 8, "deep_prompts": 2},
     "rlhf": {"steps": 2, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1},
     "dpo": {"ranked_samples": 4, "ranked_pairs": 2, "batch_size": 8, "eval_interval": 1},
 }

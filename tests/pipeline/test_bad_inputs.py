@@ -208,6 +208,8 @@ CASES = [
     Case("not YAML", ("params.yaml", "line 1"), raw_params="train: [unclosed\n", by_dvc=True),
     Case("section not a mapping", ("'train'", "mapping"), edit=section_replaced("train", 5)),
     Case("unknown oracle", ("preferences.oracle", "sentiment"), params={"preferences": {"oracle": "gpt4"}}),
+    Case("best-of-n deep curve past the report set", ("best_of_n.deep_prompts", "at most"),
+         params={"best_of_n": {"deep_prompts": 100}}),
     Case("unknown corpus source", ("data.source", "url"), params={"data": {"source": "ftp"}}),
     Case("corpus files outside data/corpus", ("data.files", "data/corpus"),
          params={"data": {"source": "files", "files": "/etc"}}),

@@ -32,6 +32,8 @@ def touch(project: Path, relative: str) -> None:
     ("src/tinygpt/rlhf/dpo.py", {"dpo"}),
     ("src/tinygpt/rlhf/config.py", RLHF_CONFIG_READERS),
     ("src/tinygpt/eval/calibration.py", {"evaluate", "compare"}),
+    ("src/tinygpt/pipeline/outputs/frontier.py", {"frontier"}),  # the figure: no finetuning reruns for it
+    ("src/tinygpt/rlhf/best_of_n.py", {"best_of_n", "frontier"}),  # PPO and DPO read its samples, not its code
     ("src/tinygpt/pipeline/registry.py", set()),  # MLflow model logging: no stage's outputs depend on it
 ])
 def test_an_edit_stales_only_the_stages_that_use_the_file(finished_project, tmp_path, edited, expected):
@@ -49,6 +51,13 @@ def test_data_stages_use_no_model_code_and_pretrain_no_rlhf_code():
         assert not heavy, f"stage {name} depends on {heavy}"
     assert not [d for d in stages["pretrain"]["deps"] if d.startswith("src/tinygpt/rlhf/")]
     assert "src/tinygpt/eval/calibration.py" not in stages["pretrain"]["deps"]
+
+
+def test_the_frontier_stage_reads_tables_and_the_finetuning_stages_not_its_report_code():
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    assert not [d for d in stages["frontier"]["deps"] if d.startswith(("src/tinygpt/model/", "src/tinygpt/train/"))]
+    for name in ("rlhf", "dpo"):
+        assert "src/tinygpt/pipeline/outputs/frontier.py" not in stages[name]["deps"]
 
 
 PROBE_STAGE = '''"""A stage that records which tinygpt it imported."""

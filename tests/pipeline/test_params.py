@@ -86,6 +86,8 @@ def test_impossible_values(tmp_path):
         load_named("model", path=write(tmp_path, "model:\n  n_embd: 100\n  n_head: 3\n"))
     with pytest.raises(ValueError, match=r"model\.n_layer = -2"):
         load_named("model", path=write(tmp_path, "model:\n  n_layer: -2\n"))
+    with pytest.raises(ParamsError, match=r"best_of_n\.deep_n = 32 .* power of two >= best_of_n\.max_n \(64\)"):
+        load_named("best_of_n", path=write(tmp_path, "best_of_n:\n  max_n: 64\n  deep_n: 32\n"))
 
 
 def test_missing_and_malformed_file(tmp_path):

@@ -127,7 +127,7 @@ def tiny_rlhf_project(tmp_path, monkeypatch, pretrained, repo_root, **overrides)
                                  train_prompts=32, val_prompts=8, selection_prompts=4, samples_per_prompt=3)
     values["reward"].update(epochs=2, batch_size=8, warmup_steps=2)
     values["heldout"].update(samples_per_prompt=2, batch_size=16)
-    values["best_of_n"].update(max_n=8)
+    values["best_of_n"].update(max_n=8, deep_n=16, deep_prompts=2)
     values["rlhf"].update(steps=3, batch_size=8, minibatch_size=4, ppo_epochs=2, eval_interval=2)
     values["dpo"].update(ranked_samples=4, ranked_pairs=1, batch_size=12, eval_interval=2)
     for section, keys in overrides.items():
@@ -167,6 +167,8 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
     assert metrics["selected_step"] in {0, 2, 3} and metrics["last"]["step"] == 3
     best_of_n = pd.read_csv(paths.BEST_OF_N_CURVE_CSV)
     assert best_of_n[best_of_n["set"] == "report"]["n"].tolist() == [1, 2, 4, 8]
+    deep = best_of_n[best_of_n["set"] == "report_deep"]  # the first 2 report prompts, 16 samples each
+    assert deep["n"].tolist() == [1, 2, 4, 8, 16] and set(deep["prompts"]) == {2}
     assert pd.read_csv(paths.BEST_OF_N_SCORES).shape[0] == (4 + 4) * 8  # both sets, 8 samples per prompt
     soft = pd.read_csv(paths.SOFT_BEST_OF_N_CSV)
     assert soft[soft["set"] == "report"]["beta"].tolist() == [1.0, 0.5, 0.3, 0.2, 0.15, 0.1]
@@ -186,12 +188,16 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
     for method, stage_metrics in (("ppo", metrics), ("dpo", dpo)):
         assert summary[method]["selected_step"] == stage_metrics["selected_step"]
         assert summary[method]["gold_gain"] == pytest.approx(stage_metrics["change"]["oracle_mean"], abs=1e-5)
+        assert summary[method]["best_of_n_max_kl"] == pytest.approx(deep["kl"].max())  # the deep curve reaches furthest
         if not summary[method]["beyond_best_of_n_curve"]:
             assert summary[method]["gain_over_best_of_n"] == pytest.approx(
                 summary[method]["gold_gain"] - summary[method]["best_of_n_gold_gain_at_kl"])
+            assert summary[method]["best_of_n_curve"] in {"report", "report_deep"}
+    assert set(summary["best_of_n_deep"]) == {"n1", "n2", "n4", "n8", "n16"}
     assert paths.FRONTIER_PNG.stat().st_size > 1000 and "## PPO" in paths.FRONTIER_TABLE_MD.read_text()
     assert "## Soft best-of-n" in paths.FRONTIER_TABLE_MD.read_text()
-    assert "soft best-of-n" in set(pd.read_csv(paths.FRONTIER_POINTS_CSV)["method"])
+    assert {"soft best-of-n", "best-of-n", "best-of-n (report_deep)"} <= set(pd.read_csv(paths.FRONTIER_POINTS_CSV)["method"])
+    assert "n = 1, 2, 4, ..., 16 (2 report prompts)" in paths.FRONTIER_TABLE_MD.read_text()
     assert 1.0 < metrics["before"]["val_perplexity"] < 20.0  # the tiny language is easy
     steps = pd.read_csv(paths.RLHF_STEPS_CSV)
     assert list(steps["step"]) == [0, 1, 2] and {"kl", "beta", "clip_fraction", "explained_variance"} <= set(steps)

@@ -21,6 +21,10 @@ import pandas as pd
 
 from tinygpt.core.stats import sem
 
+# The curve's name (curve.csv's `set`) for best_of_n.deep_n samples of each of the first
+# best_of_n.deep_prompts report prompts: fewer prompts, but measured out to the KL the policies reach.
+DEEP = "report_deep"
+
 
 def analytic_kl(n: int) -> float:
     """KL(best-of-n || reference) in nats, for a reward that ties with probability zero."""
@@ -62,7 +66,7 @@ def best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int, heldout_gol
     gold_1, proxy_1 = gold.mean(axis=1), proxy.mean(axis=1)
     for n in powers_of_two(max_n):
         g, p = best_of_n_values(proxy, gold, n), best_of_n_values(proxy, proxy, n)
-        row = {"n": n, "kl": analytic_kl(n), "gold": g.mean(), "gold_se": sem(g),
+        row = {"n": n, "prompts": len(proxy), "kl": analytic_kl(n), "gold": g.mean(), "gold_se": sem(g),
                "gold_gain": (g - gold_1).mean(), "gold_gain_se": sem(g - gold_1),
                "proxy": p.mean(), "proxy_gain": (p - proxy_1).mean(), "proxy_gain_se": sem(p - proxy_1)}
         if heldout_gold is not None:
@@ -117,3 +121,24 @@ def gain_at(curve: pd.DataFrame, kl: float, column: str = "gold_gain") -> float 
     if kl > curve["kl"].iloc[-1]:
         return None
     return float(np.interp(kl, curve["kl"], curve[column]))
+
+
+def against_best_of_n(row: dict, curves: dict[str, pd.DataFrame]) -> dict[str, float | str | bool | None]:
+    """The policy's gold gain minus best-of-n's at the policy's KL (report set), and the same for the
+    held-out gold when both have it, with the standard error of the difference (the two estimates' errors
+    across prompts, combined as independent). Of `curves` (name -> best-of-n curve, the most precise
+    first) the first whose measured KL reaches the policy's is used, named in `best_of_n_curve`; past
+    the end of every measured curve there is no comparison (None): `best_of_n_max_kl` says how far it went."""
+    reach = max(float(curve["kl"].iloc[-1]) for curve in curves.values())
+    name = next((name for name, curve in curves.items() if row["kl"] <= curve["kl"].iloc[-1]), None)
+    out: dict[str, float | str | bool | None] = {"best_of_n_max_kl": reach, "beyond_best_of_n_curve": name is None,
+                                                 "best_of_n_curve": name}
+    for column, prefix in (("gold_gain", ""), ("heldout_gold_gain", "heldout_")):
+        if column not in row or any(column not in curve for curve in curves.values()):
+            continue
+        at = None if name is None else gain_at(curves[name], row["kl"], column)
+        at_se = None if name is None else gain_at(curves[name], row["kl"], f"{column}_se")
+        out[f"best_of_n_{column}_at_kl"] = at
+        out[f"{prefix}gain_over_best_of_n"] = None if at is None else row[column] - at
+        out[f"{prefix}gain_over_best_of_n_se"] = None if at is None else math.hypot(row[f"{column}_se"], at_se)
+    return out
