@@ -5,7 +5,7 @@ soft best-of-max_n (the reward model's KL-optimal tilt of the reference) on the 
 best_of_n.soft_betas. The deep curve: best_of_n.deep_n samples for each of the first best_of_n.deep_prompts
 report prompts, so that best-of-n is measured out to the KL the policies reach (curve.csv's set "report_deep").
 In: models/pretrain/ (or models/sft/: preferences.start_model), models/reward/, data/preferences/prompts/, data/split/train.bin (its words: text quality).
-Out: data/best_of_n/scores.csv, plots/best_of_n/curve.csv, plots/best_of_n/soft.csv, metrics/best_of_n.json."""
+Out: data/best_of_n/{scores,per_prompt}.csv, plots/best_of_n/curve.csv, plots/best_of_n/soft.csv, metrics/best_of_n.json."""
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from tinygpt.core import io, timing
 from tinygpt.core.compute import ComputeParams
 from tinygpt.core.device import resolve_device, resolve_precision
 from tinygpt.core.errors import TinyGptError
+from tinygpt.data.tokenizer import decode
 from tinygpt.data.tokens import read_tokens
 from tinygpt.eval.text_quality import known_words, quality_values
 from tinygpt.model.weights import load_model
@@ -21,7 +22,7 @@ from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.best_of_n import write_outputs
 from tinygpt.pipeline.params import TrackingParams
-from tinygpt.rlhf.best_of_n import DEEP, best_of_n_curve, soft_best_of_n_curve
+from tinygpt.rlhf.best_of_n import DEEP, best_of_n_curve, per_prompt_curve, soft_best_of_n_curve
 from tinygpt.rlhf.config import BestOfNParams, HeldOutParams, PreferencesParams
 from tinygpt.rlhf.heldout import HeldOut, held_out
 from tinygpt.rlhf.oracles import Oracle
@@ -55,14 +56,15 @@ def main() -> None:
                                 preferences_params.continuation_tokens, settings.temperature, settings.seed,
                                 oracle, precision, settings.batch_size)
 
-        samples, curves, soft = {}, {}, {}
+        samples, curves, soft, per_prompt = {}, {}, {}, {}
         for name, prompt_ids in prompts.items():
             samples[name] = sample_and_score(prompt_ids, bon.max_n)
-            curves[name], soft[name] = curve_of(samples[name], known, bon)
+            curves[name], soft[name], per_prompt[name] = curve_of(samples[name], prompt_ids, known, bon)
         if bon.deep_prompts:
             deep = sample_and_score(prompts["report"][: bon.deep_prompts], bon.deep_n)
-            curves[DEEP], _ = curve_of(deep, known, bon, soft=False)
-        write_outputs(samples, curves, soft)
+            curves[DEEP], _, per_prompt[DEEP] = curve_of(deep, prompts["report"][: bon.deep_prompts], known, bon,
+                                                          soft=False)
+        write_outputs(samples, curves, soft, per_prompt)
         metrics = {
             **{name: curve.set_index("n").to_dict(orient="index") for name, curve in curves.items()},
             "soft": {name: {f"beta_{row.pop('beta'):g}": row for row in table.to_dict(orient="records")}
@@ -81,16 +83,19 @@ def main() -> None:
                   f"(KL {last['kl']:.2f})")
 
 
-def curve_of(s: HeldOut, known: frozenset[str], bon: BestOfNParams, soft: bool = True):
-    """Best-of-n's curve (n = 1, 2, 4, ... up to the samples per prompt) and soft best-of-n's, from one set's
-    samples: both golds and the text quality of the picks."""
+def curve_of(s: HeldOut, prompt_ids: np.ndarray, known: frozenset[str], bon: BestOfNParams, soft: bool = True):
+    """Best-of-n's curve (n = 1, 2, 4, ... up to the samples per prompt), soft best-of-n's, and best-of-n per
+    prompt with one actual pick each, from one set's samples: both golds and the text quality of the picks."""
     n = s.samples_per_prompt
     shape = (len(s.gold) // n, n)
     proxy, gold = s.reward.reshape(shape), s.gold.reshape(shape)
     heldout = None if s.heldout_gold is None else s.heldout_gold.reshape(shape)
     quality = {name: v.reshape(shape) for name, v in quality_values(s.texts, known).items()}
     curve = best_of_n_curve(proxy, gold, n, heldout, quality)
-    return curve, soft_best_of_n_curve(proxy, gold, bon.soft_betas, heldout) if soft else None
+    soft_curve = soft_best_of_n_curve(proxy, gold, bon.soft_betas, heldout) if soft else None
+    per_prompt = per_prompt_curve(proxy, gold, n, heldout, s.texts)
+    per_prompt.insert(1, "prompt_text", [decode(prompt_ids[i].tolist()) for i in per_prompt["prompt"]])
+    return curve, soft_curve, per_prompt
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ frozen copy of it; evaluated on both held-out sets like PPO (the reward model on
 continuations, DPO never sees it; with dpo.pairs: reward_ranked it also ranks the reference's samples of
 the train prompts into the training pairs), the reported step chosen on the selection set.
 In: models/pretrain/ (or models/sft/: preferences.start_model), models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/, data/split/train.bin (dpo.ptx_coef, text quality's known words), data/split/val.bin.
-Out: models/dpo/, metrics/dpo.json, plots/dpo/, reports/dpo/samples.md."""
+Out: models/dpo/, metrics/dpo.json, plots/dpo/, reports/dpo/samples.{md,csv}."""
 
 import torch
 
@@ -15,7 +15,7 @@ from tinygpt.eval.text_quality import known_words
 from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
-from tinygpt.pipeline.outputs.best_of_n import read_samples
+from tinygpt.pipeline.outputs.samples import read_samples
 from tinygpt.pipeline.outputs.dpo import write_outputs
 from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf import dpo

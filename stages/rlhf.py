@@ -3,7 +3,7 @@ frozen copy. Evaluated on both held-out sets every `rlhf.eval_interval` steps; t
 saved) is chosen on the selection set within the KL and perplexity budgets, its report-set numbers are
 the headline.
 In: models/pretrain/ (or models/sft/: preferences.start_model), models/reward/, data/best_of_n/scores.csv (the baseline), data/preferences/prompts/, data/split/{train,val}.bin.
-Out: models/rlhf/, metrics/rlhf.json, plots/rlhf/, reports/rlhf/samples.md."""
+Out: models/rlhf/, metrics/rlhf.json, plots/rlhf/, reports/rlhf/samples.{md,csv}."""
 
 import torch
 
@@ -15,7 +15,7 @@ from tinygpt.eval.text_quality import known_words
 from tinygpt.model.weights import load_model, save_model
 from tinygpt.pipeline import params, paths, registry, tracking
 from tinygpt.pipeline.cli import run_stage
-from tinygpt.pipeline.outputs.best_of_n import read_samples
+from tinygpt.pipeline.outputs.samples import read_samples
 from tinygpt.pipeline.outputs.rlhf import write_outputs
 from tinygpt.pipeline.params import TrackingParams
 from tinygpt.rlhf.config import HeldOutParams, PreferencesParams, RlhfParams

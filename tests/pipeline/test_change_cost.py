@@ -34,6 +34,7 @@ def touch(project: Path, relative: str) -> None:
     ("src/tinygpt/eval/calibration.py", {"evaluate", "compare"}),
     ("src/tinygpt/pipeline/outputs/frontier.py", {"frontier"}),  # the figure: no finetuning reruns for it
     ("src/tinygpt/rlhf/best_of_n.py", {"best_of_n", "frontier"}),  # PPO and DPO read its samples, not its code
+    ("src/tinygpt/pipeline/outputs/best_of_n.py", {"best_of_n"}),  # ... nor how it writes them
     ("src/tinygpt/pipeline/registry.py", set()),  # MLflow model logging: no stage's outputs depend on it
 ])
 def test_an_edit_stales_only_the_stages_that_use_the_file(finished_project, tmp_path, edited, expected):

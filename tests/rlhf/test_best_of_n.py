@@ -8,7 +8,7 @@ import pytest
 
 from tinygpt.core.errors import ParamsError
 from tinygpt.rlhf.best_of_n import (analytic_kl, best_of_n_curve,
-                                    best_of_n_values, gain_at,
+                                    best_of_n_values, per_prompt_curve,
                                     soft_best_of_n_curve, soft_kl_bound,
                                     soft_weights, subset_argmax_weights)
 from tinygpt.rlhf.config import BestOfNParams
@@ -53,17 +53,13 @@ def test_analytic_kl_matches_the_exact_kl_of_best_of_n_on_many_distinct_outcomes
     assert analytic_kl(1) == 0.0
 
 
-def test_curve_gains_are_against_n_1_and_nothing_is_read_past_the_curve():
+def test_curve_gains_are_against_n_1():
     rng = np.random.default_rng(1)
     proxy = rng.normal(size=(50, 16))
     gold = proxy + rng.normal(size=(50, 16))  # gold follows the proxy: best-of-n gains
     curve = best_of_n_curve(proxy, gold, 16)
     assert curve["n"].tolist() == [1, 2, 4, 8, 16] and curve["gold_gain"].iloc[0] == pytest.approx(0.0, abs=1e-12)
     assert curve["gold_gain"].is_monotonic_increasing and (curve["gold_se"] > 0).all()
-    assert gain_at(curve, curve["kl"].iloc[2]) == pytest.approx(curve["gold_gain"].iloc[2])
-    mid = (curve["kl"].iloc[1] + curve["kl"].iloc[2]) / 2
-    assert gain_at(curve, mid) == pytest.approx(curve["gold_gain"].iloc[1:3].mean())
-    assert gain_at(curve, 10.0) is None  # past the largest n: not measured, so no number
     assert math.isclose(curve["kl"].iloc[-1], analytic_kl(16))
 
 
@@ -121,3 +117,18 @@ def test_the_held_out_gold_is_scored_on_the_same_picks():
     soft = soft_best_of_n_curve(proxy, gold, [1.0, 0.1], heldout_gold=-gold)
     assert np.allclose(soft["heldout_gold_gain"], -soft["gold_gain"])
     assert "heldout_gold_gain" not in best_of_n_curve(proxy, gold, 8)
+
+
+def test_per_prompt_curve_averages_to_the_curve_and_picks_the_favourite_of_the_first_n_samples():
+    rng = np.random.default_rng(2)
+    proxy = rng.normal(size=(5, 8))
+    gold = proxy + rng.normal(size=(5, 8))
+    texts = [f"p{i}s{j}" for i in range(5) for j in range(8)]
+    table = per_prompt_curve(proxy, gold, 8, heldout_gold=2 * gold, texts=texts)
+    assert table.groupby("n")["gold"].mean().to_numpy() == pytest.approx(best_of_n_curve(proxy, gold, 8)["gold"])
+    assert table.groupby("n")["kl"].first().to_numpy() == pytest.approx([analytic_kl(n) for n in (1, 2, 4, 8)])
+    assert table[table["n"] == 1]["pick_text"].tolist() == [f"p{i}s0" for i in range(5)]  # n = 1: the first sample
+    for row in table[table["n"] == 4].itertuples():
+        j = int(proxy[row.prompt, :4].argmax())
+        assert row.pick_text == f"p{row.prompt}s{j}" and row.pick_gold == gold[row.prompt, j]
+        assert row.pick_heldout_gold == 2 * gold[row.prompt, j]

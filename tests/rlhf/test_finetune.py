@@ -18,7 +18,7 @@ from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import save_model
 from tinygpt.pipeline import paths
 from tinygpt.pipeline.cli import run_stage
-from tinygpt.pipeline.outputs.best_of_n import read_samples
+from tinygpt.pipeline.outputs.samples import read_samples
 from tinygpt.rlhf import preferences as prefs
 from tinygpt.rlhf import reward_model as rm
 from tinygpt.rlhf.config import PreferencesParams, RlhfParams
@@ -185,19 +185,35 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
         assert stage_metrics["before"]["reward_model_mean"] == pytest.approx(reference["proxy"].mean(), abs=1e-5)
     assert read_samples(paths.BEST_OF_N_SCORES)["report"].texts == reference["text"].tolist()
     summary = io.read_json(paths.metrics_file("frontier"))
-    for method, stage_metrics in (("ppo", metrics), ("dpo", dpo)):
+    per_prompt = pd.read_csv(paths.BEST_OF_N_PER_PROMPT, keep_default_na=False)
+    assert len(per_prompt) == 4 * 4 + 4 * 4 + 2 * 5  # selection and report to n = 8, the deep curve to 16
+    for method, stage_metrics, samples_csv in (("ppo", metrics, paths.RLHF_SAMPLES_CSV),
+                                               ("dpo", dpo, paths.DPO_SAMPLES_CSV)):
+        held = read_samples(samples_csv)  # the reported point's samples, every one scored
+        assert held["report"].gold.mean() == pytest.approx(stage_metrics["after"]["oracle_mean"], abs=1e-5)
+        assert held["report"].kl.mean() == pytest.approx(stage_metrics["after"]["kl_mean"], abs=1e-4)
         assert summary[method]["selected_step"] == stage_metrics["selected_step"]
         assert summary[method]["gold_gain"] == pytest.approx(stage_metrics["change"]["oracle_mean"], abs=1e-5)
         assert summary[method]["best_of_n_max_kl"] == pytest.approx(deep["kl"].max())  # the deep curve reaches furthest
-        if not summary[method]["beyond_best_of_n_curve"]:
-            assert summary[method]["gain_over_best_of_n"] == pytest.approx(
-                summary[method]["gold_gain"] - summary[method]["best_of_n_gold_gain_at_kl"])
-            assert summary[method]["best_of_n_curve"] in {"report", "report_deep"}
+        if not summary[method]["beyond_best_of_n_curve"]:  # recomputed by hand from the two stages' files
+            name = summary[method]["best_of_n_curve"]
+            curve = per_prompt[per_prompt["set"] == name]
+            policy = pd.read_csv(samples_csv, keep_default_na=False).query("set == 'report'")
+            policy_gold = policy.groupby("prompt")["gold"].mean()
+            gaps = [policy_gold[prompt] - np.interp(summary[method]["kl"], rows["kl"], rows["gold"])
+                    for prompt, rows in curve.groupby("prompt")]
+            assert summary[method]["gain_over_best_of_n"] == pytest.approx(np.mean(gaps), abs=1e-5)
+            assert summary[method]["best_of_n_prompts"] == len(gaps) == (4 if name == "report" else 2)
     assert set(summary["best_of_n_deep"]) == {"n1", "n2", "n4", "n8", "n16"}
     assert paths.FRONTIER_PNG.stat().st_size > 1000 and "## PPO" in paths.FRONTIER_TABLE_MD.read_text()
     assert "## Soft best-of-n" in paths.FRONTIER_TABLE_MD.read_text()
     assert {"soft best-of-n", "best-of-n", "best-of-n (report_deep)"} <= set(pd.read_csv(paths.FRONTIER_POINTS_CSV)["method"])
     assert "n = 1, 2, 4, ..., 16 (2 report prompts)" in paths.FRONTIER_TABLE_MD.read_text()
+    assert "# The reported points against best-of-n" in paths.FRONTIER_TABLE_MD.read_text()
+    table = paths.FRONTIER_SAMPLES_MD.read_text()  # the same prompts, every method
+    assert table.count("## Prompt ") == 4 and table.count("| best-of-16 (report_deep curve)") == 2
+    assert table.count("| reference (a sample)") == table.count("| best-of-8 (report curve)") == 4
+    assert table.count(f"| PPO, step {metrics['selected_step']}") == table.count(f"| DPO, step {dpo['selected_step']}") == 4
     assert 1.0 < metrics["before"]["val_perplexity"] < 20.0  # the tiny language is easy
     steps = pd.read_csv(paths.RLHF_STEPS_CSV)
     assert list(steps["step"]) == [0, 1, 2] and {"kl", "beta", "clip_fraction", "explained_variance"} <= set(steps)

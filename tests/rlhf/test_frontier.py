@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tinygpt.rlhf.best_of_n import against_best_of_n, analytic_kl
+from tinygpt.core.stats import sem
+from tinygpt.rlhf.best_of_n import against_best_of_n, analytic_kl, bootstrap_mean_se
 from tinygpt.rlhf.frontier import select_point
 
 
@@ -27,40 +28,51 @@ def test_selection_keeps_to_both_budgets_and_reads_only_the_selection_set():
     assert select_point(blind, 6.0, 0.1) == 20
 
 
-def curve(ns, gains, se=0.0, **extra):
-    return pd.DataFrame({"n": ns, "kl": [analytic_kl(n) for n in ns], "gold_gain": gains,
-                         "gold_gain_se": [se] * len(ns), **extra})
+def per_prompt(gold_by_n: dict[int, list[float]], heldout_by_n: dict[int, list[float]] | None = None):
+    """A best_of_n.per_prompt_curve-shaped table: n -> each prompt's best-of-n gold."""
+    return pd.DataFrame([{"prompt": prompt, "n": n, "kl": analytic_kl(n), "gold": g,
+                          **({} if heldout_by_n is None else {"heldout_gold": heldout_by_n[n][prompt]})}
+                         for n, golds in gold_by_n.items() for prompt, g in enumerate(golds)])
 
 
-def test_against_best_of_n_interpolates_at_the_policys_kl():
-    curves = {"report": curve([1, 2, 4], [0.0, 0.1, 0.3], se=0.03)}
-    at = against_best_of_n({"kl": analytic_kl(2), "gold_gain": 0.25, "gold_gain_se": 0.04}, curves)
-    assert at["best_of_n_gold_gain_at_kl"] == pytest.approx(0.1) and at["gain_over_best_of_n"] == pytest.approx(0.15)
-    assert at["gain_over_best_of_n_se"] == pytest.approx(0.05)  # both sides' errors
+def test_against_best_of_n_pairs_the_prompts_at_the_policys_kl():
+    curves = {"report": per_prompt({1: [0.0, 0.2], 2: [0.1, 0.3], 4: [0.3, 0.7]})}
+    at = against_best_of_n(analytic_kl(2), {"gold": np.array([[0.35, 0.55]])}, curves)
+    assert at["best_of_n_gold_gain_at_kl"] == pytest.approx(0.1)  # over n = 1 on the same prompts
+    assert at["gain_over_best_of_n"] == pytest.approx(0.25)
+    assert at["gain_over_best_of_n_se"] == pytest.approx(0.0, abs=1e-12)  # the same lead on every prompt
     assert not at["beyond_best_of_n_curve"] and at["best_of_n_max_kl"] == pytest.approx(analytic_kl(4))
-    assert at["best_of_n_curve"] == "report"
-    beyond = against_best_of_n({"kl": 5.0, "gold_gain": 0.2, "gold_gain_se": 0.04}, curves)  # past it: none
+    assert at["best_of_n_curve"] == "report" and at["best_of_n_prompts"] == 2
+    mid = against_best_of_n((analytic_kl(2) + analytic_kl(4)) / 2, {"gold": np.array([[0.35, 0.55]])}, curves)
+    assert mid["gain_over_best_of_n"] == pytest.approx(((0.35 - 0.2) + (0.55 - 0.5)) / 2)  # per prompt, linear in KL
+    assert mid["gain_over_best_of_n_se"] > 0
+    beyond = against_best_of_n(5.0, {"gold": np.array([[0.35, 0.55]])}, curves)  # past the curve: nothing
     assert beyond["beyond_best_of_n_curve"] and beyond["gain_over_best_of_n"] is None
     assert beyond["best_of_n_gold_gain_at_kl"] is None and beyond["best_of_n_curve"] is None
 
 
-def test_a_policy_past_the_precise_curve_is_compared_on_the_deep_one():
-    curves = {"report": curve([1, 2, 4], [0.0, 0.1, 0.3], se=0.01),
-              "report_deep": curve([1, 2, 4, 8, 16, 32, 64, 128, 256], [0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9],
-                                   se=0.05)}
-    at = against_best_of_n({"kl": analytic_kl(32), "gold_gain": 0.5, "gold_gain_se": 0.0}, curves)
+def test_a_policy_past_the_precise_curve_is_compared_on_the_deep_ones_prompts_only():
+    ns = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    curves = {"report": per_prompt({1: [0.0, 0.0, 0.0], 2: [0.1, 0.1, 0.1], 4: [0.3, 0.3, 0.3]}),
+              "report_deep": per_prompt({n: [0.1 * i, 0.1 * i + 0.2] for i, n in enumerate(ns)})}
+    policy = {"gold": np.array([[0.5, 0.7, 100.0]])}  # the third prompt has no deep curve: not compared
+    at = against_best_of_n(analytic_kl(32), policy, curves)
     assert at["best_of_n_curve"] == "report_deep" and at["best_of_n_max_kl"] == pytest.approx(analytic_kl(256))
-    assert at["gain_over_best_of_n"] == pytest.approx(-0.1) and at["gain_over_best_of_n_se"] == pytest.approx(0.05)
-    inside = against_best_of_n({"kl": analytic_kl(4), "gold_gain": 0.5, "gold_gain_se": 0.0}, curves)
-    assert inside["best_of_n_curve"] == "report"  # the precise curve wherever it reaches
+    assert at["best_of_n_prompts"] == 2 and at["gain_over_best_of_n"] == pytest.approx(0.0)
+    assert against_best_of_n(analytic_kl(4), policy, curves)["best_of_n_curve"] == "report"  # precise where it reaches
 
 
 def test_against_best_of_n_on_the_held_out_gold_too():
-    curves = {"report": curve([1, 2, 4], [0.0, 0.1, 0.3], heldout_gold_gain=[0.0, 1.0, 2.0],
-                              heldout_gold_gain_se=[0.0, 0.1, 0.1])}
-    at = against_best_of_n({"kl": analytic_kl(4), "gold_gain": 0.4, "gold_gain_se": 0.0, "heldout_gold_gain": 1.5,
-                            "heldout_gold_gain_se": 0.0}, curves)
+    curves = {"report": per_prompt({1: [0.0], 2: [0.1], 4: [0.3]}, heldout_by_n={1: [0.0], 2: [1.0], 4: [2.0]})}
+    policy = {"gold": np.array([[0.4]]), "heldout_gold": np.array([[1.5]])}
+    at = against_best_of_n(analytic_kl(4), policy, curves)
     assert at["gain_over_best_of_n"] == pytest.approx(0.1)  # ahead on the gold it was tuned against ...
     assert at["heldout_gain_over_best_of_n"] == pytest.approx(-0.5)  # ... behind on the held-out one
-    assert "heldout_gain_over_best_of_n" not in against_best_of_n({"kl": 0.1, "gold_gain": 0.0, "gold_gain_se": 0.0},
-                                                                  curves)
+    assert "heldout_gain_over_best_of_n" not in against_best_of_n(0.1, {"gold": np.array([[0.0]])}, curves)
+
+
+def test_the_bootstrap_error_covers_the_prompts_and_the_seeds():
+    prompts = np.random.default_rng(0).normal(size=(1, 400))
+    assert bootstrap_mean_se(prompts) == pytest.approx(sem(prompts[0]), rel=0.1)  # one seed: the prompts' error
+    runs = prompts + np.array([[-1.0], [0.0], [1.0]])  # three runs a whole point apart
+    assert bootstrap_mean_se(runs) > 5 * bootstrap_mean_se(prompts)  # the spread between seeds counts

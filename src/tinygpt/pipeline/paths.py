@@ -42,6 +42,7 @@ def start_model_dir(start_model: str) -> Path:
 
 BEST_OF_N_DIR = DATA / "best_of_n"
 BEST_OF_N_SCORES = BEST_OF_N_DIR / "scores.csv"  # every reference sample: set, prompt, sample, gold, proxy
+BEST_OF_N_PER_PROMPT = BEST_OF_N_DIR / "per_prompt.csv"  # per set, prompt and n: expected golds, one actual pick
 
 # The names the MLflow runs table's Dataset column gives the inputs a stage reads (see tracking.log_dataset).
 DATASET_NAMES = {
@@ -103,6 +104,7 @@ RLHF_STEPS_PNG = RLHF_PLOTS / "steps.png"
 RLHF_PROXY_GOLD_PNG = RLHF_PLOTS / "proxy_vs_gold.png"  # reward hacking shows as the two drifting apart
 RLHF_REPORTS = REPORTS / "rlhf"
 RLHF_SAMPLES_MD = RLHF_REPORTS / "samples.md"  # held-out continuations before and after
+RLHF_SAMPLES_CSV = RLHF_REPORTS / "samples.csv"  # every held-out sample of the reported point, scored
 RLHF_FRONTIER_CSV = RLHF_PLOTS / "frontier.csv"  # per evaluation and held-out set: KL, gold and proxy gain, ...
 BEST_OF_N_CURVE_CSV = plots_dir("best_of_n") / "curve.csv"  # per set and n: analytic KL, gold and proxy gain
 SOFT_BEST_OF_N_CSV = plots_dir("best_of_n") / "soft.csv"  # per set and beta: soft best-of-max_n's KL bound and gains
@@ -118,8 +120,10 @@ DPO_STEPS_PNG = DPO_PLOTS / "steps.png"
 DPO_FRONTIER_CSV = DPO_PLOTS / "frontier.csv"
 DPO_REPORTS = REPORTS / "dpo"
 DPO_SAMPLES_MD = DPO_REPORTS / "samples.md"
+DPO_SAMPLES_CSV = DPO_REPORTS / "samples.csv"
 FRONTIER_PLOTS = plots_dir("frontier")
 FRONTIER_PNG = FRONTIER_PLOTS / "gold_vs_kl.png"  # report set: best-of-n, PPO and DPO on one figure
 FRONTIER_POINTS_CSV = FRONTIER_PLOTS / "points.csv"  # the same points as one table, for `dvc plots`
 FRONTIER_REPORTS = REPORTS / "frontier"
 FRONTIER_TABLE_MD = FRONTIER_REPORTS / "table.md"
+FRONTIER_SAMPLES_MD = FRONTIER_REPORTS / "samples.md"  # committed: reference, best-of-n, PPO, DPO on the same prompts

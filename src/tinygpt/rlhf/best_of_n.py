@@ -115,30 +115,64 @@ def soft_best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, betas: list[float]
     return pd.DataFrame(rows)
 
 
-def gain_at(curve: pd.DataFrame, kl: float, column: str = "gold_gain") -> float | None:
-    """Best-of-n's `column` at `kl`, linear in KL between the measured n; None past the largest n: the
-    curve was not measured that far, and holding it flat or extending it would claim what was not measured."""
-    if kl > curve["kl"].iloc[-1]:
-        return None
-    return float(np.interp(kl, curve["kl"], curve[column]))
+def per_prompt_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int, heldout_gold: np.ndarray | None = None,
+                     texts: list[str] | None = None) -> pd.DataFrame:
+    """Per prompt and n = 1, 2, 4, ..., max_n: the expected gold (and held-out gold) of best-of-n's pick
+    (best_of_n_values), what the frontier compares a policy with prompt by prompt; with `texts` (the
+    samples, prompt-major) also one actual pick, the proxy-argmax of the prompt's first n samples (a
+    random n-subset: the samples are independent draws), for the sample tables."""
+    prompts, N = proxy.shape
+    frames = []
+    for n in powers_of_two(max_n):
+        frame = {"prompt": np.arange(prompts), "n": n, "kl": analytic_kl(n), "gold": best_of_n_values(proxy, gold, n)}
+        if heldout_gold is not None:
+            frame["heldout_gold"] = best_of_n_values(proxy, heldout_gold, n)
+        if texts is not None:
+            pick = np.arange(prompts) * N + proxy[:, :n].argmax(axis=1)  # first maximum: the same tie rule
+            frame.update(pick_text=[texts[i] for i in pick], pick_gold=gold.ravel()[pick])
+            if heldout_gold is not None:
+                frame["pick_heldout_gold"] = heldout_gold.ravel()[pick]
+        frames.append(pd.DataFrame(frame))
+    return pd.concat(frames, ignore_index=True)
 
 
-def against_best_of_n(row: dict, curves: dict[str, pd.DataFrame]) -> dict[str, float | str | bool | None]:
-    """The policy's gold gain minus best-of-n's at the policy's KL (report set), and the same for the
-    held-out gold when both have it, with the standard error of the difference (the two estimates' errors
-    across prompts, combined as independent). Of `curves` (name -> best-of-n curve, the most precise
-    first) the first whose measured KL reaches the policy's is used, named in `best_of_n_curve`; past
-    the end of every measured curve there is no comparison (None): `best_of_n_max_kl` says how far it went."""
-    reach = max(float(curve["kl"].iloc[-1]) for curve in curves.values())
-    name = next((name for name, curve in curves.items() if row["kl"] <= curve["kl"].iloc[-1]), None)
-    out: dict[str, float | str | bool | None] = {"best_of_n_max_kl": reach, "beyond_best_of_n_curve": name is None,
-                                                 "best_of_n_curve": name}
-    for column, prefix in (("gold_gain", ""), ("heldout_gold_gain", "heldout_")):
-        if column not in row or any(column not in curve for curve in curves.values()):
+def bootstrap_mean_se(values: np.ndarray, draws: int = 2000, seed: int = 0) -> float:
+    """Standard error of values.mean() for values (seeds, prompts): a bootstrap over the prompts and, when
+    there are several, over the seeds (two-stage: the prompts the report set happened to draw and the
+    training runs both vary)."""
+    rng = np.random.default_rng(seed)
+    seeds, prompts = values.shape
+    means = np.empty(draws)
+    for b in range(draws):
+        rows = rng.integers(seeds, size=seeds) if seeds > 1 else np.zeros(1, dtype=int)
+        means[b] = values[np.ix_(rows, rng.integers(prompts, size=prompts))].mean()
+    return float(means.std(ddof=1))
+
+
+def against_best_of_n(kl: float, policy: dict[str, np.ndarray], curves: dict[str, pd.DataFrame],
+                      ) -> dict[str, float | int | str | bool | None]:
+    """The policy's gold minus best-of-n's at the policy's KL, prompt by prompt on the prompts both were
+    measured on, for each gold the two share. `policy`: gold name -> each prompt's mean score over the
+    policy's samples, (seeds, report prompts); `curves`: name -> per_prompt_curve of the report set, the
+    most precise first. The first curve whose measured KL reaches `kl` is used (`best_of_n_curve`), per
+    prompt linear in KL between the measured n; the error is a bootstrap over prompts (and seeds) of the
+    paired difference. Past the end of every measured curve there is no comparison (None):
+    `best_of_n_max_kl` says how far it went, and nothing is extrapolated."""
+    reach = max(float(curve["kl"].max()) for curve in curves.values())
+    name = next((name for name, curve in curves.items() if kl <= curve["kl"].max()), None)
+    out: dict[str, float | int | str | bool | None] = {
+        "best_of_n_max_kl": reach, "beyond_best_of_n_curve": name is None, "best_of_n_curve": name,
+        "best_of_n_prompts": None if name is None else int(curves[name]["prompt"].nunique())}
+    for column, prefix in (("gold", ""), ("heldout_gold", "heldout_")):
+        if column not in policy or any(column not in curve for curve in curves.values()):
             continue
-        at = None if name is None else gain_at(curves[name], row["kl"], column)
-        at_se = None if name is None else gain_at(curves[name], row["kl"], f"{column}_se")
-        out[f"best_of_n_{column}_at_kl"] = at
-        out[f"{prefix}gain_over_best_of_n"] = None if at is None else row[column] - at
-        out[f"{prefix}gain_over_best_of_n_se"] = None if at is None else math.hypot(row[f"{column}_se"], at_se)
+        keys = (f"best_of_n_{column}_gain_at_kl", f"{prefix}gain_over_best_of_n", f"{prefix}gain_over_best_of_n_se")
+        out.update(dict.fromkeys(keys))
+        if name is None:
+            continue
+        table = curves[name].pivot(index="prompt", columns="n", values=column)  # (prompts, n)
+        kls = curves[name].groupby("n")["kl"].first().loc[table.columns].to_numpy()
+        at = np.array([np.interp(kl, kls, row) for row in table.to_numpy()])
+        diff = policy[column][:, table.index.to_numpy()] - at
+        out.update(zip(keys, (float((at - table[1].to_numpy()).mean()), float(diff.mean()), bootstrap_mean_se(diff))))
     return out

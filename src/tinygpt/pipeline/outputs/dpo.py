@@ -14,5 +14,5 @@ CURVES = ["loss", "accuracy", "margin", "chosen_reward", "rejected_reward", "lr"
 
 def write_outputs(history: list[dict], tracker: FrontierTracker, task: EvalTask) -> list[Path]:
     write_curves(history, paths.DPO_STEPS_CSV, paths.DPO_STEPS_PNG, CURVES, "DPO training")
-    write_frontier_and_samples(tracker, task, paths.DPO_FRONTIER_CSV, paths.DPO_SAMPLES_MD)
+    write_frontier_and_samples(tracker, task, paths.DPO_FRONTIER_CSV, paths.DPO_SAMPLES_MD, paths.DPO_SAMPLES_CSV)
     return [paths.DPO_PLOTS, paths.DPO_REPORTS]

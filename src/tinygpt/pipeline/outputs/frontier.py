@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from tinygpt.core import figures, io
@@ -14,8 +15,10 @@ from tinygpt.pipeline import paths
 
 def write_outputs(
     curves: dict[str, pd.DataFrame], runs: dict[str, tuple[pd.DataFrame, int]], golds: Golds, soft: pd.DataFrame,
+    reported: dict[str, dict],
 ) -> None:
-    """`curves`: best-of-n's measured curves on the report set (name -> curve, "report" first)."""
+    """`curves`: best-of-n's measured curves on the report set (name -> curve, "report" first); `reported`:
+    method -> its reported point against best-of-n (best_of_n.against_best_of_n, with kl and selected_step)."""
     write_figure(frontier_figure(curves, runs, golds, soft), paths.FRONTIER_PNG)
     best_of_n = curves["report"]
     # One long table (method, kl, gold_gain, ...) so `dvc plots` can draw all methods from one file.
@@ -27,7 +30,8 @@ def write_outputs(
         report = table[table["set"] == "report"].sort_values("step")
         points.append(report.assign(method=method)[["method", "step", *values]])
     io.write_text(paths.FRONTIER_POINTS_CSV, pd.concat(points).to_csv(index=False, float_format="%.6g"))
-    io.write_text(paths.FRONTIER_TABLE_MD, frontier_markdown(curves, runs, soft))
+    io.write_text(paths.FRONTIER_TABLE_MD, reported_markdown(reported, curves, runs, golds)
+                  + frontier_markdown(curves, runs, soft))
 
 
 @dataclass(frozen=True)
@@ -110,4 +114,75 @@ def frontier_markdown(
                    *[c for c in QUALITY if c in rows], "val_perplexity_relative", "reported"]
         parts += [f"## {method} (the reported step was chosen on the selection set)\n",
                   rows[columns].to_markdown(index=False, floatfmt=".3f"), ""]
+    return "\n".join(parts) + "\n"
+
+
+def reported_markdown(reported: dict[str, dict], curves: dict[str, pd.DataFrame],
+                      runs: dict[str, tuple[pd.DataFrame, int]], golds: Golds) -> str:
+    """Each method's reported point against best-of-n at its KL (policy minus best-of-n, paired over the
+    prompts both measured, bootstrap errors), and the text quality of both sides there."""
+    rows = []
+    for method, m in reported.items():
+        table, selected = runs[method]
+        point = table[(table["set"] == "report") & (table["step"] == selected)].iloc[0]
+        curve = curves.get(m["best_of_n_curve"])
+        row = {"method": method, "step": selected, "KL": m["kl"], "best-of-n curve": m["best_of_n_curve"] or "none",
+               "prompts": m["best_of_n_prompts"]}
+        for prefix, name in (("", golds.oracle), ("heldout_", golds.heldout)):
+            gap = m.get(f"{prefix}gain_over_best_of_n")
+            if name is not None and f"{prefix}gain_over_best_of_n" in m:
+                row[f"− best-of-n, {name}"] = ("not measured that far" if gap is None else
+                                               f"{gap:+.3f} ± {m[f'{prefix}gain_over_best_of_n_se']:.3f}")
+        for q in QUALITY:
+            if q in point and curve is not None and q in curve:
+                row[f"{q}: policy / best-of-n"] = f"{point[q]:.3f} / {np.interp(m['kl'], curve['kl'], curve[q]):.3f}"
+        rows.append(row)
+    return ("# The reported points against best-of-n at the same KL (report set)\n\n"
+            "Policy minus best-of-n, prompt by prompt on the prompts the best-of-n curve measured; ± a bootstrap "
+            "over those prompts. Best-of-n's text quality at the policy's KL: linear between the measured n.\n\n"
+            + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + "\n\n")
+
+
+# Prompts of the committed sample table: enough to see each method's style, few enough to read.
+SAMPLE_PROMPTS = 6
+
+
+def write_samples_markdown(per_prompt: dict[str, pd.DataFrame], samples: dict[str, pd.DataFrame],
+                           reported: dict[str, dict], golds: Golds) -> None:
+    io.write_text(paths.FRONTIER_SAMPLES_MD, samples_markdown(per_prompt, samples, reported, golds))
+
+
+def samples_markdown(per_prompt: dict[str, pd.DataFrame], samples: dict[str, pd.DataFrame],
+                     reported: dict[str, dict], golds: Golds, prompts: int = SAMPLE_PROMPTS) -> str:
+    """The first `prompts` report prompts, each continued by the reference (its first sample), best-of-n's
+    actual pick at the largest n of each curve, and each method's reported policy (its first sample), with
+    both golds: what the numbers of the frontier look like as text."""
+    def cell(text: str) -> str:
+        return text.replace("\n", "⏎").replace("|", "\\|")
+
+    gold_columns = [("gold", golds.oracle), ("heldout_gold", golds.heldout)]
+    parts = [f"# The same report prompts continued by each method (scores: {golds.oracle}"
+             + (f", {golds.heldout}" if golds.heldout else "") + ")\n\n"
+             "Best-of-n's continuation is an actual pick (the reward model's favourite of the prompt's first n "
+             "reference samples); the policies' is their first sample at the reported step. KL: the method's "
+             "mean KL to the reference (nats per continuation). ⏎ marks a newline.\n"]
+    report = per_prompt["report"]
+    for prompt in range(min(prompts, report["prompt"].nunique())):
+        rows = []
+        first = report[(report["prompt"] == prompt) & (report["n"] == 1)].iloc[0]
+        rows.append(("reference (a sample)", 0.0, first, "pick_"))
+        for name, table in per_prompt.items():
+            here = table[table["prompt"] == prompt]
+            if len(here):
+                top = here[here["n"] == here["n"].max()].iloc[0]
+                rows.append((f"best-of-{top['n']} ({name} curve)", top["kl"], top, "pick_"))
+        for method, table in samples.items():
+            here = table[table["prompt"] == prompt].iloc[0]
+            rows.append((f"{method}, step {reported[method]['selected_step']}", reported[method]["kl"], here, ""))
+        shown = pd.DataFrame([{"continuation by": who, "KL": kl, "text": cell(str(row[f"{prefix}text"])),
+                               **{name: row[f"{prefix}{column}"] for column, name in gold_columns
+                                  if name is not None and f"{prefix}{column}" in row}}
+                              for who, kl, row, prefix in rows])
+        parts += [f"## Prompt {prompt}: “{cell(first['prompt_text'])}”\n",
+                  shown.to_markdown(index=False, floatfmt=".3f"), ""]
     return "\n".join(parts) + "\n"
