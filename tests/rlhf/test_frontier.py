@@ -76,3 +76,12 @@ def test_the_bootstrap_error_covers_the_prompts_and_the_seeds():
     assert bootstrap_mean_se(prompts) == pytest.approx(sem(prompts[0]), rel=0.1)  # one seed: the prompts' error
     runs = prompts + np.array([[-1.0], [0.0], [1.0]])  # three runs a whole point apart
     assert bootstrap_mean_se(runs) > 5 * bootstrap_mean_se(prompts)  # the spread between seeds counts
+
+
+def test_several_seeds_are_each_compared_at_their_own_kl():
+    curves = {"report": per_prompt({1: [0.0, 0.0], 2: [0.2, 0.4], 4: [0.6, 0.8]})}
+    policy = {"gold": np.array([[0.3, 0.5], [0.7, 0.9]])}  # seed 0 at n = 2's KL, seed 1 at n = 4's
+    at = against_best_of_n(np.array([analytic_kl(2), analytic_kl(4)]), policy, curves)
+    assert at["gain_over_best_of_n"] == pytest.approx(0.1)  # +0.1 on every prompt, for both seeds
+    assert at["best_of_n_gold_gain_at_kl"] == pytest.approx((0.3 + 0.7) / 2)
+    assert against_best_of_n(np.array([analytic_kl(2), 9.0]), policy, curves)["gain_over_best_of_n"] is None

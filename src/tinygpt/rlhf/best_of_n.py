@@ -149,17 +149,19 @@ def bootstrap_mean_se(values: np.ndarray, draws: int = 2000, seed: int = 0) -> f
     return float(means.std(ddof=1))
 
 
-def against_best_of_n(kl: float, policy: dict[str, np.ndarray], curves: dict[str, pd.DataFrame],
+def against_best_of_n(kl: float | np.ndarray, policy: dict[str, np.ndarray], curves: dict[str, pd.DataFrame],
                       ) -> dict[str, float | int | str | bool | None]:
     """The policy's gold minus best-of-n's at the policy's KL, prompt by prompt on the prompts both were
     measured on, for each gold the two share. `policy`: gold name -> each prompt's mean score over the
-    policy's samples, (seeds, report prompts); `curves`: name -> per_prompt_curve of the report set, the
-    most precise first. The first curve whose measured KL reaches `kl` is used (`best_of_n_curve`), per
-    prompt linear in KL between the measured n; the error is a bootstrap over prompts (and seeds) of the
-    paired difference. Past the end of every measured curve there is no comparison (None):
-    `best_of_n_max_kl` says how far it went, and nothing is extrapolated."""
+    policy's samples, (seeds, report prompts), and `kl` each seed's KL (one number: one seed); `curves`:
+    name -> per_prompt_curve of the report set, the most precise first. The first curve whose measured KL
+    reaches every seed's is used (`best_of_n_curve`), per prompt linear in KL between the measured n; the
+    error is a bootstrap over prompts (and seeds) of the paired difference. Past the end of every measured
+    curve there is no comparison (None): `best_of_n_max_kl` says how far it went, and nothing is
+    extrapolated."""
+    kls = np.atleast_1d(np.asarray(kl, dtype=np.float64))
     reach = max(float(curve["kl"].max()) for curve in curves.values())
-    name = next((name for name, curve in curves.items() if kl <= curve["kl"].max()), None)
+    name = next((name for name, curve in curves.items() if kls.max() <= curve["kl"].max()), None)
     out: dict[str, float | int | str | bool | None] = {
         "best_of_n_max_kl": reach, "beyond_best_of_n_curve": name is None, "best_of_n_curve": name,
         "best_of_n_prompts": None if name is None else int(curves[name]["prompt"].nunique())}
@@ -171,8 +173,8 @@ def against_best_of_n(kl: float, policy: dict[str, np.ndarray], curves: dict[str
         if name is None:
             continue
         table = curves[name].pivot(index="prompt", columns="n", values=column)  # (prompts, n)
-        kls = curves[name].groupby("n")["kl"].first().loc[table.columns].to_numpy()
-        at = np.array([np.interp(kl, kls, row) for row in table.to_numpy()])
+        measured = curves[name].groupby("n")["kl"].first().loc[table.columns].to_numpy()
+        at = np.array([[np.interp(k, measured, row) for row in table.to_numpy()] for k in kls])  # (seeds, prompts)
         diff = policy[column][:, table.index.to_numpy()] - at
         out.update(zip(keys, (float((at - table[1].to_numpy()).mean()), float(diff.mean()), bootstrap_mean_se(diff))))
     return out
