@@ -64,14 +64,14 @@ def test_the_docs_quote_their_measured_numbers_from_the_committed_metrics(repo_r
 
     text = (repo_root / document).read_text()
     section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| [^|]+ \| \*{0,2}([-+]?[\d,]*\.?\d+)\*{0,2}[^|]* \| `(metrics/\w+\.json)`: `([\w.]+)` \|$",
+    rows = re.findall(r"^\| [^|]+ \| \*{0,2}([-+−]?[\d,]*\.?\d+)\*{0,2}[^|]* \| `(metrics/\w+\.json)`: `([\w.]+)` \|$",
                       section, flags=re.MULTILINE)
     assert len(rows) >= 8, f"the Measured table has {len(rows)} rows that name a file and key"
     for shown, path, key in rows:
         value = reproduce.lookup(reproduce.committed_metrics(Path(path).stem, "HEAD"), key)
         assert isinstance(value, (int, float)), f"{path}: {key} is not a number"
         digits = len(shown.split(".")[1]) if "." in shown else 0
-        assert f"{value:.{digits}f}" == f"{float(shown.replace(',', '')):.{digits}f}", \
+        assert f"{value:.{digits}f}" == f"{float(shown.replace(',', '').replace('−', '-')):.{digits}f}", \
             f"{document} shows {shown} for {path}: {key}, the file has {value}"
 
 

@@ -51,14 +51,16 @@ def test_against_best_of_n_pairs_the_prompts_at_the_policys_kl():
     assert beyond["best_of_n_gold_gain_at_kl"] is None and beyond["best_of_n_curve"] is None
 
 
-def test_a_policy_past_the_precise_curve_is_compared_on_the_deep_ones_prompts_only():
+def test_a_policy_past_the_precise_curve_is_compared_on_the_deep_one():
     ns = [1, 2, 4, 8, 16, 32, 64, 128, 256]
-    curves = {"report": per_prompt({1: [0.0, 0.0, 0.0], 2: [0.1, 0.1, 0.1], 4: [0.3, 0.3, 0.3]}),
-              "report_deep": per_prompt({n: [0.1 * i, 0.1 * i + 0.2] for i, n in enumerate(ns)})}
-    policy = {"gold": np.array([[0.5, 0.7, 100.0]])}  # the third prompt has no deep curve: not compared
+    curves = {"report": per_prompt({1: [0.0, 0.0, 0.3], 2: [0.1, 0.1, 0.4], 4: [0.3, 0.3, 0.6]}),
+              "report_deep": per_prompt({n: [0.1 * i, 0.1 * i + 0.2] for i, n in enumerate(ns)})}  # 2 prompts
+    policy = {"gold": np.array([[0.5, 0.7, 0.9]])}  # gains over the report curve's n = 1: 0.5, 0.7, 0.6
     at = against_best_of_n(analytic_kl(32), policy, curves)
     assert at["best_of_n_curve"] == "report_deep" and at["best_of_n_max_kl"] == pytest.approx(analytic_kl(256))
-    assert at["best_of_n_prompts"] == 2 and at["gain_over_best_of_n"] == pytest.approx(0.0)
+    assert at["best_of_n_prompts"] == 2 and at["best_of_n_gold_gain_at_kl"] == pytest.approx(0.5)
+    assert at["gain_over_best_of_n"] == pytest.approx(0.6 - 0.5)  # every prompt's gain against the deep ones'
+    assert at["gain_over_best_of_n_se"] > 0
     assert against_best_of_n(analytic_kl(4), policy, curves)["best_of_n_curve"] == "report"  # precise where it reaches
 
 

@@ -15,6 +15,7 @@ where a perfectly trained policy for this reward model would sit on the gold-ver
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -136,35 +137,41 @@ def per_prompt_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int, heldout_go
     return pd.concat(frames, ignore_index=True)
 
 
-def bootstrap_mean_se(values: np.ndarray, draws: int = 2000, seed: int = 0) -> float:
-    """Standard error of values.mean() for values (seeds, prompts): a bootstrap over the prompts and, when
+def bootstrap_se(statistic: Callable[[np.ndarray, np.ndarray], float], seeds: int, prompts: int,
+                 draws: int = 2000, seed: int = 0) -> float:
+    """Standard error of statistic(seed rows, prompt indices) by a bootstrap over the prompts and, when
     there are several, over the seeds (two-stage: the prompts the report set happened to draw and the
-    training runs both vary)."""
+    training runs both vary). Draws where the statistic is undefined (nan) are left out."""
     rng = np.random.default_rng(seed)
-    seeds, prompts = values.shape
-    means = np.empty(draws)
-    for b in range(draws):
-        rows = rng.integers(seeds, size=seeds) if seeds > 1 else np.zeros(1, dtype=int)
-        means[b] = values[np.ix_(rows, rng.integers(prompts, size=prompts))].mean()
-    return float(means.std(ddof=1))
+    values = [statistic(rng.integers(seeds, size=seeds) if seeds > 1 else np.zeros(1, dtype=int),
+                        rng.integers(prompts, size=prompts)) for _ in range(draws)]
+    return float(np.nanstd(values, ddof=1))
+
+
+def bootstrap_mean_se(values: np.ndarray, draws: int = 2000, seed: int = 0) -> float:
+    """bootstrap_se of values.mean() for values (seeds, prompts)."""
+    return bootstrap_se(lambda rows, idx: values[np.ix_(rows, idx)].mean(), *values.shape, draws=draws, seed=seed)
 
 
 def against_best_of_n(kl: float | np.ndarray, policy: dict[str, np.ndarray], curves: dict[str, pd.DataFrame],
                       ) -> dict[str, float | int | str | bool | None]:
-    """The policy's gold minus best-of-n's at the policy's KL, prompt by prompt on the prompts both were
-    measured on, for each gold the two share. `policy`: gold name -> each prompt's mean score over the
-    policy's samples, (seeds, report prompts), and `kl` each seed's KL (one number: one seed); `curves`:
-    name -> per_prompt_curve of the report set, the most precise first. The first curve whose measured KL
-    reaches every seed's is used (`best_of_n_curve`), per prompt linear in KL between the measured n; the
-    error is a bootstrap over prompts (and seeds) of the paired difference. Past the end of every measured
-    curve there is no comparison (None): `best_of_n_max_kl` says how far it went, and nothing is
-    extrapolated."""
+    """The policy's gold gain minus best-of-n's at the policy's KL, for each gold the two share, each gain
+    against the reference's mean on its own prompt. `policy`: gold name -> each report prompt's mean
+    score over the policy's samples, (seeds, prompts), and `kl` each seed's KL (one number: one seed);
+    `curves`: name -> per_prompt_curve of the report set, the most precise first, the first on every
+    prompt (its n = 1 is the reference the policy's gain is measured from). The first curve whose measured
+    KL reaches every seed's is used (`best_of_n_curve`), per prompt linear in KL between the measured n.
+    The policy's gain is averaged over every report prompt, best-of-n's over the prompts its curve has (the
+    deep curve: the first few); the error is one bootstrap over the report prompts for both (so the
+    prompts they share count once) and over the seeds. Past the end of every measured curve there is no
+    comparison (None): `best_of_n_max_kl` says how far it went, and nothing is extrapolated."""
     kls = np.atleast_1d(np.asarray(kl, dtype=np.float64))
     reach = max(float(curve["kl"].max()) for curve in curves.values())
     name = next((name for name, curve in curves.items() if kls.max() <= curve["kl"].max()), None)
     out: dict[str, float | int | str | bool | None] = {
         "best_of_n_max_kl": reach, "beyond_best_of_n_curve": name is None, "best_of_n_curve": name,
         "best_of_n_prompts": None if name is None else int(curves[name]["prompt"].nunique())}
+    first = next(iter(curves.values()))
     for column, prefix in (("gold", ""), ("heldout_gold", "heldout_")):
         if column not in policy or any(column not in curve for curve in curves.values()):
             continue
@@ -172,9 +179,20 @@ def against_best_of_n(kl: float | np.ndarray, policy: dict[str, np.ndarray], cur
         out.update(dict.fromkeys(keys))
         if name is None:
             continue
-        table = curves[name].pivot(index="prompt", columns="n", values=column)  # (prompts, n)
+        reference = first[first["n"] == 1].set_index("prompt")[column].sort_index().to_numpy()
+        gain = policy[column] - reference  # (seeds, prompts)
+        table = curves[name].pivot(index="prompt", columns="n", values=column)  # (curve prompts, n)
         measured = curves[name].groupby("n")["kl"].first().loc[table.columns].to_numpy()
-        at = np.array([[np.interp(k, measured, row) for row in table.to_numpy()] for k in kls])  # (seeds, prompts)
-        diff = policy[column][:, table.index.to_numpy()] - at
-        out.update(zip(keys, (float((at - table[1].to_numpy()).mean()), float(diff.mean()), bootstrap_mean_se(diff))))
+        at = np.array([[np.interp(k, measured, row) for row in table.to_numpy()] for k in kls])
+        bo_gain = at - table[1].to_numpy()  # (seeds, curve prompts)
+        column_of = np.full(len(reference), -1)
+        column_of[table.index.to_numpy()] = np.arange(len(table))
+
+        def difference(rows: np.ndarray, idx: np.ndarray) -> float:
+            kept = column_of[idx][column_of[idx] >= 0]
+            return gain[np.ix_(rows, idx)].mean() - (bo_gain[np.ix_(rows, kept)].mean() if len(kept) else np.nan)
+
+        every = np.arange(len(kls)), np.arange(len(reference))
+        out.update(zip(keys, (float(bo_gain.mean()), float(difference(*every)),
+                              bootstrap_se(difference, len(kls), len(reference)))))
     return out

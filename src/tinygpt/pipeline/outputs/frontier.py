@@ -138,8 +138,9 @@ def reported_markdown(reported: dict[str, dict], curves: dict[str, pd.DataFrame]
                 row[f"{q}: policy / best-of-n"] = f"{point[q]:.3f} / {np.interp(m['kl'], curve['kl'], curve[q]):.3f}"
         rows.append(row)
     return ("# The reported points against best-of-n at the same KL (report set)\n\n"
-            "Policy minus best-of-n, prompt by prompt on the prompts the best-of-n curve measured; ± a bootstrap "
-            "over those prompts. Best-of-n's text quality at the policy's KL: linear between the measured n.\n\n"
+            "The policy's gain (every report prompt) minus best-of-n's at the policy's KL (the prompts its curve "
+            "has), each against the reference's mean on the same prompt; ± a bootstrap over the report prompts. "
+            "Best-of-n's text quality at the policy's KL: linear between the measured n.\n\n"
             + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + "\n\n")
 
 
