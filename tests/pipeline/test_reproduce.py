@@ -51,6 +51,17 @@ def test_metrics_are_committed_and_not_cached_by_dvc(repo_root):
             assert path in tracked, f"{path} is not committed"
 
 
+def test_outputs_kept_in_git_are_committed(repo_root):
+    """An out with cache: false (the frontier's table and sample table) lives in git, not in DVC's cache."""
+    stages = yaml.safe_load((repo_root / "dvc.yaml").read_text())["stages"]
+    kept = [next(iter(entry)) for stage in stages.values() for entry in stage.get("outs", [])
+            if isinstance(entry, dict) and next(iter(entry.values())).get("cache") is False]
+    assert "reports/frontier" in kept
+    for path in kept:
+        tracked = subprocess.run(["git", "ls-files", path], cwd=repo_root, capture_output=True, text=True).stdout
+        assert tracked.strip(), f"{path} is not committed"
+
+
 @pytest.mark.parametrize("document, heading", [("README.md", "## Measured"),
                                                ("docs/experiments.md", "## The committed run")])
 def test_the_docs_quote_their_measured_numbers_from_the_committed_metrics(repo_root, document, heading,
