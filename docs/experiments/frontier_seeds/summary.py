@@ -46,7 +46,7 @@ def row(label: str, runs: list[dict]) -> dict:
                                         f"{gap[f'{prefix}gain_over_best_of_n_se']:.3f}")
     out["curve (prompts)"] = f"{gap['best_of_n_curve']} ({gap['best_of_n_prompts']})"
     for q in QUALITY:
-        out[q] = f"{np.mean([r['quality'][q] for r in runs]):.3f}"
+        out[q] = f"{np.mean([r['quality'][q] for r in runs]):.3f}"  # text, so that every row keeps 3 digits
     out["val ppl"] = f"{np.mean([r['ppl'] for r in runs]):+.1%}"
     return out
 
@@ -58,6 +58,6 @@ for method, stage in (("PPO", "ppo"), ("DPO", "dpo")):
     rows.append(row(f"**{method}, 3 seeds**", list(runs.values())))
 print(pd.DataFrame(rows).to_markdown(index=False))
 print()
-deep = curve[curve["set"] == "report_deep"]
+deep = curve[curve["set"] == "report_deep"].astype({"n": str, "prompts": str})
 print(deep[["n", "prompts", "kl", "gold_gain", "gold_gain_se", "heldout_gold_gain", "heldout_gold_gain_se", *QUALITY]]
       .to_markdown(index=False, floatfmt=".3f"))
