@@ -1,8 +1,9 @@
-"""PPO and DPO from three training seeds each against one best-of-n curve, prompt by prompt (issue 35).
+"""PPO and DPO from three training seeds each against one best-of-n curve (issue 35).
 
 The files here come from one run of the upstream stages (pretrained and reward models, prompts, best-of-n's
 samples) and three runs of rlhf and dpo on them with rlhf.seed = dpo.seed = 1337, 7, 42: each run's
-report-set samples of its reported point (text dropped) and its metrics, best-of-n per prompt and its curve.
+report-set samples of its reported point (text dropped), its metrics and its evaluations (*_frontier.csv),
+best-of-n per prompt and its curve.
 Errors: a bootstrap over the 128 report prompts and, for the pooled rows, over the three seeds too.
 Run from the repository root: python docs/experiments/frontier_seeds/summary.py"""
 import json
@@ -56,7 +57,7 @@ for method, stage in (("PPO", "ppo"), ("DPO", "dpo")):
     runs = {seed: run(stage, seed) for seed in SEEDS}
     rows += [row(f"{method} seed {seed} (step {r['step']})", [r]) for seed, r in runs.items()]
     rows.append(row(f"**{method}, 3 seeds**", list(runs.values())))
-print(pd.DataFrame(rows).to_markdown(index=False))
+print(pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True))
 print()
 deep = curve[curve["set"] == "report_deep"].astype({"n": str, "prompts": str})
 print(deep[["n", "prompts", "kl", "gold_gain", "gold_gain_se", "heldout_gold_gain", "heldout_gold_gain_se", *QUALITY]]
