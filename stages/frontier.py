@@ -3,7 +3,7 @@ method's reported point against best-of-n at the same KL (prompt by prompt, on t
 and their continuations of the same prompts side by side.
 In: plots/best_of_n/{curve,soft}.csv, data/best_of_n/per_prompt.csv, plots/{rlhf,dpo}/frontier.csv,
 reports/{rlhf,dpo}/samples.csv, metrics/{rlhf,dpo}.json.
-Out: plots/frontier/, reports/frontier/{table,samples}.md (committed), metrics/frontier.json."""
+Out: plots/frontier/, reports/frontier/{table,samples}.md, metrics/frontier.json."""
 
 import pandas as pd
 

@@ -126,4 +126,4 @@ FRONTIER_PNG = FRONTIER_PLOTS / "gold_vs_kl.png"  # report set: best-of-n, PPO a
 FRONTIER_POINTS_CSV = FRONTIER_PLOTS / "points.csv"  # the same points as one table, for `dvc plots`
 FRONTIER_REPORTS = REPORTS / "frontier"
 FRONTIER_TABLE_MD = FRONTIER_REPORTS / "table.md"
-FRONTIER_SAMPLES_MD = FRONTIER_REPORTS / "samples.md"  # committed: reference, best-of-n, PPO, DPO on the same prompts
+FRONTIER_SAMPLES_MD = FRONTIER_REPORTS / "samples.md"  # reference, best-of-n, PPO, DPO on the same prompts (docs/frontier_samples.md: the committed run's)
