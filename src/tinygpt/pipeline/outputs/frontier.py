@@ -119,8 +119,8 @@ def frontier_markdown(
 
 def reported_markdown(reported: dict[str, dict], curves: dict[str, pd.DataFrame],
                       runs: dict[str, tuple[pd.DataFrame, int]], golds: Golds) -> str:
-    """Each method's reported point against best-of-n at its KL (policy minus best-of-n, paired over the
-    prompts both measured, bootstrap errors), and the text quality of both sides there."""
+    """Each method's reported point against best-of-n at its KL (best_of_n.against_best_of_n: gains against
+    the reference's mean per prompt, bootstrap errors over the report prompts), and both sides' text quality."""
     rows = []
     for method, m in reported.items():
         table, selected = runs[method]
@@ -144,7 +144,7 @@ def reported_markdown(reported: dict[str, dict], curves: dict[str, pd.DataFrame]
             + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + "\n\n")
 
 
-# Prompts of the committed sample table: enough to see each method's style, few enough to read.
+# Prompts of the sample table: enough to see each method's style, few enough to read.
 SAMPLE_PROMPTS = 6
 
 
