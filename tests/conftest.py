@@ -126,3 +126,10 @@ def pytest_configure(config):
     if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         os.environ["OMP_NUM_THREADS"] = str(max(1, cores // workers))
+
+
+def pytest_collection_modifyitems(items):
+    """The tests that do not need the shared finished pipeline run first. pytest-xdist hands each worker a
+    contiguous share of this order, so the first worker starts on them while another builds
+    `finished_project` (minutes of one core) instead of both waiting on its lock."""
+    items.sort(key=lambda item: "finished_project" in getattr(item, "fixturenames", ()))

@@ -66,6 +66,13 @@ def test_fraction_outside_open_interval(tmp_path, value):
         load_named("split", path=write(tmp_path, f"split:\n  val_fraction: {value}\n"))
 
 
+def test_an_exponent_without_a_dot_is_a_number(tmp_path):
+    # As `dvc exp run -S dpo.learning_rate=2e-5` writes it; YAML 1.1 would read a string.
+    p = load_named("dpo", "split", path=write(tmp_path, "dpo:\n  learning_rate: 2e-05\nsplit:\n  val_fraction: 1E-1\n"))
+    assert p.dpo.learning_rate == 2e-05 and p.split.val_fraction == 0.1
+    assert params.read_yaml(write(tmp_path, "a: 1e5\nb: 12\nc: 1.5\nd: e5\n")) == {"a": 1e5, "b": 12, "c": 1.5, "d": "e5"}
+
+
 def test_wrong_types(tmp_path):
     with pytest.raises(ParamsError, match=r"split\.val_fraction must be a number, got 'big'"):
         load_named("split", path=write(tmp_path, "split:\n  val_fraction: big\n"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -39,12 +40,30 @@ class TrackingParams:
 # ---------------------------------------------------------------- loading
 
 
+class YamlLoader(yaml.SafeLoader):
+    """YAML 1.2's numbers: PyYAML follows YAML 1.1, where a float needs a dot, so it reads `2e-05` (as
+    `dvc exp run -S dpo.learning_rate=2e-5` writes it, and as DVC itself reads it: a number) as a string."""
+
+
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789"))
+
+
+def safe_load_12(text: str) -> Any:
+    """yaml.safe_load with YAML 1.2's numbers (YamlLoader is a SafeLoader: plain data only)."""
+    loader = YamlLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found; run from the repository root (where params.yaml lives)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = safe_load_12(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):
