@@ -9,11 +9,9 @@ PYTEST := $(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist worksteal -
 setup: $(VENV)/.installed
 
 # Reinstalls when pyproject.toml changes. torch is pinned to the CPU wheel (see pyproject.toml).
-# --no-compile: pip would byte-compile every installed module (half of the install's time on 2 cores, 230 s
-# against 113 s); Python compiles the few thousand it imports on first use instead.
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(BIN)/pip install -q --no-compile -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
 # The unit and integration tests (minutes); test-slow: the end-to-end tier, real `dvc` on copies of the
