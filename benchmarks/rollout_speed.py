@@ -23,7 +23,8 @@ from tinygpt.model import weights
 from tinygpt.model.gpt import GPT
 from tinygpt.model.heads import CompactHead, FullHead
 from tinygpt.model.sampling import generate
-from tinygpt.model.shortlist import ShortlistGPT, TrainVocabulary
+from tinygpt.model.shortlist import ShortlistGPT
+from tinygpt.model.vocabulary import CompactVocabulary
 from tinygpt.pipeline.sections import load_named
 
 TRAIN_TOKENS = 11_234  # distinct tokens of Tiny Shakespeare's training split
@@ -34,7 +35,8 @@ def build_model(model_dir: str | None) -> GPT:
         return weights.load_model(model_dir)
     torch.manual_seed(0)
     config = load_named("model").model
-    return ShortlistGPT(config, TrainVocabulary.of(np.arange(TRAIN_TOKENS), config.vocab_size)).to_full().eval()
+    vocab = CompactVocabulary.of_tokens(np.arange(TRAIN_TOKENS), config.vocab_size)
+    return ShortlistGPT(config, vocab).to_full().eval()
 
 
 def best_seconds(run, repeats: int) -> float:
