@@ -65,7 +65,8 @@ def main() -> None:
                 train_pairs = reward_ranked_pairs(
                     ref, task.reward_model, load_prompts(paths.PREFERENCE_PROMPTS, "train"),
                     dpo_params.ranked_samples, preferences_params.continuation_tokens, preferences_params.temperature,
-                    dpo_params.seed, precision, p.heldout.batch_size, dpo_params.ranked_pairs)
+                    dpo_params.seed, precision, p.heldout.batch_size, dpo_params.ranked_pairs,
+                    dpo_params.repetition_penalty)
         with timing.phase("training"):  # its evaluations count as evaluation (FrontierTracker)
             history = dpo.train_dpo(
                 policy, ref, train_pairs, dpo_params, precision, on_step=run.log_step,

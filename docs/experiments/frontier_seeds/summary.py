@@ -3,7 +3,8 @@
 The files here come from one run of the upstream stages (pretrained and reward models, prompts, best-of-n's
 samples) and three runs of rlhf and dpo on them with rlhf.seed = dpo.seed = 1337, 7, 42: each run's
 report-set samples of its reported point (text dropped), its metrics and its evaluations (*_frontier.csv),
-best-of-n per prompt and its curve.
+best-of-n per prompt and its curve. dpo_rep4_*: dpo again on the same upstream outputs with
+dpo.repetition_penalty = 4 (docs/experiments.md, "DPO's pairs ranked with a repetition term").
 Errors: a bootstrap over the 128 report prompts and, for the pooled rows, over the three seeds too.
 Run from the repository root: python docs/experiments/frontier_seeds/summary.py"""
 import json
@@ -53,7 +54,7 @@ def row(label: str, runs: list[dict]) -> dict:
 
 
 rows = []
-for method, stage in (("PPO", "ppo"), ("DPO", "dpo")):
+for method, stage in (("PPO", "ppo"), ("DPO", "dpo"), ("DPO, repetition term 4", "dpo_rep4")):
     runs = {seed: run(stage, seed) for seed in SEEDS}
     rows += [row(f"{method} seed {seed} (step {r['step']})", [r]) for seed, r in runs.items()]
     rows.append(row(f"**{method}, 3 seeds**", list(runs.values())))

@@ -169,6 +169,8 @@ class DpoParams:
     pairs: str = "reward_ranked"
     ranked_samples: int = 16  # reward_ranked: continuations per train prompt; the best and the worst form its pair
     ranked_pairs: int = 8  # reward_ranked: pairs per prompt (best/worst, 2nd best/2nd worst, ...), <= ranked_samples / 2
+    # reward_ranked: ranking score = reward - this * repeated-word share (tinygpt.rlhf.ranked_pairs); 0 = the reward
+    repetition_penalty: float = 4.0
     beta: float = 0.2  # strength of the implicit KL to the reference: reward = beta * log(policy / ref)
     learning_rate: float = 2e-5
     epochs: int = 1
@@ -185,7 +187,7 @@ class DpoParams:
         for key in ("beta", "learning_rate", "epochs", "batch_size", "grad_clip"):
             positive(f"dpo.{key}", getattr(self, key))
         positive("dpo.ptx_batch_size", self.ptx_batch_size)
-        for key in ("warmup_steps", "eval_interval", "ptx_coef", "logit_bias_lr"):
+        for key in ("warmup_steps", "eval_interval", "ptx_coef", "logit_bias_lr", "repetition_penalty"):
             non_negative(f"dpo.{key}", getattr(self, key))
         one_of("dpo.pairs", self.pairs, ("preferences", "reward_ranked"))
         require(self.ranked_samples >= 2, "dpo.ranked_samples", "an integer >= 2 (a best and a worst)",

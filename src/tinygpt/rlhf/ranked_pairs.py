@@ -7,6 +7,10 @@ one the reward model scores highest is chosen over the one it scores lowest (and
 best over the second worst, and so on) (RSO, Liu et al. 2024; the
 online-DPO recipes of Xiong et al. 2024 rank the same way). The oracle is never consulted: the only
 judge is the reward model, as for PPO, so the two compare.
+
+With a repetition penalty the ranking score is the reward minus that multiple of the continuation's
+repeated-word share (tinygpt.eval.text_quality): the reward model scores "good good my lord good" high,
+and DPO, fitting the soft labels of the shaped scores, aims at PPO's optimum for the shaped reward.
 """
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ import torch
 from datasets import Dataset
 
 from tinygpt.core.modes import eval_mode
-from tinygpt.data.tokenizer import decode
+from tinygpt.data.tokenizer import EOT_ID, decode
+from tinygpt.eval.text_quality import quality
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf.heldout import scored_rollouts
 from tinygpt.rlhf.preferences import PAIR_FEATURES
@@ -51,9 +56,11 @@ def ranked_pairs(prompt_ids: np.ndarray, ids: list[list[int]], rewards: np.ndarr
 def reward_ranked_pairs(
     model: GPT, reward_model: RewardModel, prompt_ids: np.ndarray, samples: int, max_new_tokens: int,
     temperature: float, seed: int, precision: str, batch_size: int, pairs_per_prompt: int = 1,
+    repetition_penalty: float = 0.0,
 ) -> Dataset:
     """DPO's training pairs: `samples` continuations per prompt drawn from `model` (prompt-major, seeded)
-    and ranked by their reward-model scores (see the module)."""
+    and ranked by their reward-model scores less `repetition_penalty` times their repeated-word share
+    (see the module)."""
     prompts = torch.as_tensor(prompt_ids, device=next(model.parameters()).device)
     ids, rewards = [], []
     with eval_mode(model):
@@ -61,5 +68,14 @@ def reward_ranked_pairs(
                                                seed, precision, batch_size):
             rewards.append(reward)
             ids += rollout.response_ids()
-    return ranked_pairs(prompt_ids, ids, torch.cat(rewards).numpy().reshape(len(prompt_ids), samples),
-                        pairs_per_prompt)
+    scores = torch.cat(rewards).numpy()
+    if repetition_penalty > 0:
+        scores = scores - repetition_penalty * repetition(ids)
+    return ranked_pairs(prompt_ids, ids, scores.reshape(len(prompt_ids), samples), pairs_per_prompt)
+
+
+def repetition(ids: list[list[int]]) -> np.ndarray:
+    """Each continuation's repeated-word share (text quality's repeated_words), its end-of-text left out (as
+    Rollout.texts does)."""
+    texts = (decode([i for i in row if i != EOT_ID]) for row in ids)
+    return np.asarray([quality(text, frozenset())["repeated_words"] for text in texts])
