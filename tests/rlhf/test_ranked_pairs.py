@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from tinygpt.data.tokenizer import EOT_ID, encode
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf import dpo
 from tinygpt.rlhf import reward_model as rm
 from tinygpt.rlhf.heldout import scored_rollouts
-from tinygpt.data.tokenizer import EOT_ID, encode
 from tinygpt.rlhf.ranked_pairs import ranked_pairs, repetition, reward_ranked_pairs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -70,7 +70,6 @@ def test_reward_ranked_pairs_are_seeded_and_ranked_by_the_reward_model():
     assert data.prompt_len == 4 and data.chosen_mask.sum(dim=1).tolist() == [len(c) for c in pairs["chosen_ids"]]
     summary = dpo.pair_summary(pairs)
     assert summary["pairs"] == 6 and summary["chosen_score_mean"] > summary["rejected_score_mean"]
-
 
 
 def test_repetition_is_the_repeated_word_share_of_each_continuation_without_its_end_of_text():
