@@ -93,7 +93,7 @@ def curve_of(s: HeldOut, prompt_ids: np.ndarray, known: frozenset[str], bon: Bes
     quality = {name: v.reshape(shape) for name, v in quality_values(s.texts, known).items()}
     curve = best_of_n_curve(proxy, gold, n, heldout, quality)
     soft_curve = soft_best_of_n_curve(proxy, gold, bon.soft_betas, heldout) if soft else None
-    per_prompt = per_prompt_curve(proxy, gold, n, heldout, s.texts)
+    per_prompt = per_prompt_curve(proxy, gold, n, heldout, s.texts, quality)
     per_prompt.insert(1, "prompt_text", [decode(prompt_ids[i].tolist()) for i in per_prompt["prompt"]])
     return curve, soft_curve, per_prompt
 

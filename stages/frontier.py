@@ -1,18 +1,21 @@
 """Stage frontier: best-of-n, PPO and DPO on one gold-versus-KL figure and table (report set), each
-method's reported point against best-of-n at the same KL (prompt by prompt, on the prompts both measured),
+method's reported point against best-of-n at the same KL (prompt by prompt, on the prompts both measured:
+both golds and the text quality),
 and their continuations of the same prompts side by side.
 In: plots/best_of_n/{curve,soft}.csv, data/best_of_n/per_prompt.csv, plots/{rlhf,dpo}/frontier.csv,
-reports/{rlhf,dpo}/samples.csv, metrics/{rlhf,dpo}.json.
+reports/{rlhf,dpo}/samples.csv, metrics/{rlhf,dpo}.json, data/split/train.bin (its words: text quality).
 Out: plots/frontier/, reports/frontier/{table,samples}.md, metrics/frontier.json."""
 
 import pandas as pd
 
 from tinygpt.core import io
+from tinygpt.data.tokens import read_tokens
+from tinygpt.eval.text_quality import known_words, quality_values
 from tinygpt.pipeline import params, paths, tracking
 from tinygpt.pipeline.cli import run_stage
 from tinygpt.pipeline.outputs.frontier import Golds, write_outputs, write_samples_markdown
 from tinygpt.pipeline.params import TrackingParams
-from tinygpt.rlhf.best_of_n import DEEP, against_best_of_n
+from tinygpt.rlhf.best_of_n import COMPARED, DEEP, against_best_of_n
 from tinygpt.rlhf.config import PreferencesParams
 from tinygpt.rlhf.oracles import HELDOUT_GOLD
 
@@ -35,6 +38,7 @@ def main() -> None:
         soft = soft[soft["set"] == "report"].reset_index(drop=True)
         per_prompt = pd.read_csv(paths.BEST_OF_N_PER_PROMPT, keep_default_na=False)
         per_prompt = {name: per_prompt[per_prompt["set"] == name].reset_index(drop=True) for name in curves}
+        known = known_words(read_tokens(paths.TRAIN_BIN))  # text quality's unseen words, as best_of_n's
         runs, samples, metrics = {}, {}, {}
         for method, (stage, frontier_csv, samples_csv) in METHODS.items():
             table = pd.read_csv(frontier_csv)
@@ -42,9 +46,10 @@ def main() -> None:
             runs[method] = (table, selected)
             samples[method] = report_samples(samples_csv)
             row = table[(table["set"] == "report") & (table["step"] == selected)].iloc[0].to_dict()
-            by_prompt = samples[method].groupby("prompt")
-            policy = {gold: by_prompt[gold].mean().to_numpy()[None, :] for gold in ("gold", "heldout_gold")
-                      if gold in samples[method]}  # one seed: (1, prompts)
+            scored = samples[method].assign(**quality_values(samples[method]["text"], known))
+            by_prompt = scored.groupby("prompt")
+            policy = {column: by_prompt[column].mean().to_numpy()[None, :] for column in COMPARED
+                      if column in scored}  # one seed: (1, prompts)
             metrics[method.lower()] = {
                 "selected_step": selected,
                 **{k: row[k] for k in POINT_KEYS if k in row}, **against_best_of_n(row["kl"], policy, per_prompt),

@@ -124,8 +124,13 @@ def test_per_prompt_curve_averages_to_the_curve_and_picks_the_favourite_of_the_f
     proxy = rng.normal(size=(5, 8))
     gold = proxy + rng.normal(size=(5, 8))
     texts = [f"p{i}s{j}" for i in range(5) for j in range(8)]
-    table = per_prompt_curve(proxy, gold, 8, heldout_gold=2 * gold, texts=texts)
-    assert table.groupby("n")["gold"].mean().to_numpy() == pytest.approx(best_of_n_curve(proxy, gold, 8)["gold"])
+    repeats = rng.uniform(size=(5, 8))  # a text-quality measure: the same picks' expectation
+    table = per_prompt_curve(proxy, gold, 8, heldout_gold=2 * gold, texts=texts, quality={"repeated_words": repeats})
+    curve = best_of_n_curve(proxy, gold, 8, quality={"repeated_words": repeats})
+    assert table.groupby("n")["gold"].mean().to_numpy() == pytest.approx(curve["gold"])
+    assert table.groupby("n")["repeated_words"].mean().to_numpy() == pytest.approx(curve["repeated_words"])
+    assert table[table["n"] == 8]["repeated_words"].tolist() == pytest.approx(
+        repeats[np.arange(5), proxy.argmax(axis=1)])  # n = N: the favourite's own value
     assert table.groupby("n")["kl"].first().to_numpy() == pytest.approx([analytic_kl(n) for n in (1, 2, 4, 8)])
     assert table[table["n"] == 1]["pick_text"].tolist() == [f"p{i}s0" for i in range(5)]  # n = 1: the first sample
     for row in table[table["n"] == 4].itertuples():

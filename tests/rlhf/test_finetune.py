@@ -13,6 +13,7 @@ import yaml
 
 from tinygpt.core import io
 from tinygpt.data.tokens import write_tokens
+from tinygpt.eval.text_quality import quality_values
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.model.weights import save_model
@@ -204,6 +205,12 @@ def test_the_rlhf_stages_end_to_end(tmp_path, monkeypatch, mlflow_uri, pretraine
             gains = [np.interp(summary[method]["kl"], rows["kl"], rows["gold"]) - rows["gold"].iloc[0]
                      for prompt, rows in curve.groupby("prompt")]  # best-of-n's on the curve's prompts
             assert summary[method]["gain_over_best_of_n"] == pytest.approx(policy_gain - np.mean(gains), abs=1e-5)
+            # text quality the same way: the policy's change of repeated words minus best-of-n's picks'
+            repeats = quality_values(policy["text"], frozenset())["repeated_words"]
+            changes = [np.interp(summary[method]["kl"], rows["kl"], rows["repeated_words"])
+                       - rows["repeated_words"].iloc[0] for prompt, rows in curve.groupby("prompt")]
+            assert summary[method]["repeated_words_change_over_best_of_n"] == pytest.approx(
+                repeats.mean() - reference["repeated_words"].mean() - np.mean(changes), abs=1e-9)
             assert summary[method]["best_of_n_prompts"] == len(gains) == (4 if name == "report" else 2)
     assert set(summary["best_of_n_deep"]) == {"n1", "n2", "n4", "n8", "n16"}
     assert paths.FRONTIER_PNG.stat().st_size > 1000 and "## PPO" in paths.FRONTIER_TABLE_MD.read_text()
@@ -273,7 +280,8 @@ def test_the_sentiment_oracle_reports_its_held_out_gold_beside_the_gold(
     assert {"distinct_2", "repeated_words", "unseen_words"} <= set(pd.read_csv(paths.DPO_FRONTIER_CSV))
     quality = io.read_json(paths.metrics_file("rlhf"))["quality"]
     assert set(quality) == {"before", "after"} and quality["before"]["unseen_words"] == 0.0
-    assert "distinct_2" in paths.FRONTIER_TABLE_MD.read_text()
+    frontier_table = paths.FRONTIER_TABLE_MD.read_text()
+    assert "distinct_2" in frontier_table and "− best-of-n, repeated_words" in frontier_table
 
 
 def test_brevity_without_end_of_text_ties_every_pair_and_fails_cleanly(

@@ -73,6 +73,20 @@ def test_against_best_of_n_on_the_held_out_gold_too():
     assert "heldout_gain_over_best_of_n" not in against_best_of_n(0.1, {"gold": np.array([[0.0]])}, curves)
 
 
+def test_text_quality_is_compared_as_the_change_from_the_reference_on_the_same_prompts():
+    # Prompt 1's reference repeats more words than prompt 0's: only changes on the same prompt compare.
+    curves = {"report": per_prompt({1: [0.0, 0.2], 2: [0.1, 0.3], 4: [0.3, 0.7]})
+              .assign(repeated_words=lambda t: np.where(t["prompt"] == 0, 0.02, 0.10) + 0.01 * np.log2(t["n"]))}
+    policy = {"gold": np.array([[0.35, 0.55]]), "repeated_words": np.array([[0.05, 0.11]])}  # +0.03, +0.01
+    at = against_best_of_n(analytic_kl(4), policy, curves)
+    assert at["best_of_n_repeated_words_change_at_kl"] == pytest.approx(0.02)  # n = 4: two doublings, +0.01 each
+    assert at["repeated_words_change_over_best_of_n"] == pytest.approx((0.03 + 0.01) / 2 - 0.02)
+    assert at["repeated_words_change_over_best_of_n_se"] > 0
+    assert "distinct_2_change_over_best_of_n" not in at  # a measure the curve lacks is not compared
+    beyond = against_best_of_n(5.0, policy, curves)
+    assert beyond["repeated_words_change_over_best_of_n"] is None
+
+
 def test_the_bootstrap_error_covers_the_prompts_and_the_seeds():
     prompts = np.random.default_rng(0).normal(size=(1, 400))
     assert bootstrap_mean_se(prompts) == pytest.approx(sem(prompts[0]), rel=0.1)  # one seed: the prompts' error

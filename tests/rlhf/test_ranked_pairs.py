@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from tinygpt.data.tokenizer import EOT_ID, encode
+from tinygpt.eval.text_quality import quality_values
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf import dpo
 from tinygpt.rlhf import reward_model as rm
 from tinygpt.rlhf.heldout import scored_rollouts
-from tinygpt.rlhf.ranked_pairs import ranked_pairs, repetition, reward_ranked_pairs
+from tinygpt.rlhf.ranked_pairs import ranked_pairs, reward_ranked_pairs
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -72,11 +72,6 @@ def test_reward_ranked_pairs_are_seeded_and_ranked_by_the_reward_model():
     assert summary["pairs"] == 6 and summary["chosen_score_mean"] > summary["rejected_score_mean"]
 
 
-def test_repetition_is_the_repeated_word_share_of_each_continuation_without_its_end_of_text():
-    repeating, plain = encode(" good good my lord good"), encode(" my gracious lord")
-    assert repetition([repeating, plain, repeating + [EOT_ID], [EOT_ID]]) == pytest.approx([0.4, 0.0, 0.4, 0.0])
-
-
 def test_a_repetition_penalty_ranks_by_the_reward_less_that_multiple_of_the_repetition():
     reference, reward_model = tiny_models()
     with torch.no_grad():  # " the", " and", " of" half the time: the continuations repeat words
@@ -87,7 +82,8 @@ def test_a_repetition_penalty_ranks_by_the_reward_less_that_multiple_of_the_repe
         scored = list(scored_rollouts(reference, reward_model, torch.as_tensor(prompts), 4, 10, 1.0, seed=3,
                                       precision="fp32", batch_size=8))
     rewards = torch.cat([reward for _, reward in scored]).numpy()
-    repeats = repetition([ids for rollout, _ in scored for ids in rollout.response_ids()])
+    texts = [text for rollout, _ in scored for text in rollout.texts()]
+    repeats = quality_values(texts, frozenset())["repeated_words"]
     assert repeats.max() > 0  # some continuation repeats a word, so the penalty has something to move
     penalised = reward_ranked_pairs(*args, seed=3, precision="fp32", batch_size=8, repetition_penalty=10.0)
     shaped = (rewards - 10.0 * repeats).reshape(6, 4)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tinygpt.data.tokenizer import EOT_ID
+from tinygpt.data.tokenizer import EOT_ID, decode
 from tinygpt.model.config import GPTConfig
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf.rollout import Rollout, response_mask, sample, token_logprobs
@@ -25,6 +25,7 @@ def test_rollout_views():
     assert rollout.last_index.tolist() == [3, 4]
     assert rollout.response_ids() == [[3, EOT_ID], [262, 3797, 5]]
     assert rollout.texts()[1].startswith(" the cat")
+    assert rollout.texts()[0] == decode([3])  # the end-of-text is not text: text quality never counts it
 
 
 def test_sample_is_seeded_and_log_probs_are_those_of_the_sampling_distribution():

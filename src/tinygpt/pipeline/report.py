@@ -70,6 +70,8 @@ HEADLINES: tuple[tuple[str, str, str], ...] = (
     ("frontier/dpo_gain_over_best_of_n", "frontier", "dpo.gain_over_best_of_n"),
     ("frontier/ppo_heldout_gain_over_best_of_n", "frontier", "ppo.heldout_gain_over_best_of_n"),
     ("frontier/dpo_heldout_gain_over_best_of_n", "frontier", "dpo.heldout_gain_over_best_of_n"),
+    ("frontier/ppo_repeated_words_over_best_of_n", "frontier", "ppo.repeated_words_change_over_best_of_n"),
+    ("frontier/dpo_repeated_words_over_best_of_n", "frontier", "dpo.repeated_words_change_over_best_of_n"),
 )
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from tinygpt.core.stats import sem
+from tinygpt.eval.text_quality import QUALITY
 
 # The curve's name (curve.csv's `set`) for best_of_n.deep_n samples of each of the first
 # best_of_n.deep_prompts report prompts: fewer prompts, but measured out to the KL the policies reach.
@@ -117,17 +118,19 @@ def soft_best_of_n_curve(proxy: np.ndarray, gold: np.ndarray, betas: list[float]
 
 
 def per_prompt_curve(proxy: np.ndarray, gold: np.ndarray, max_n: int, heldout_gold: np.ndarray | None = None,
-                     texts: list[str] | None = None) -> pd.DataFrame:
-    """Per prompt and n = 1, 2, 4, ..., max_n: the expected gold (and held-out gold) of best-of-n's pick
-    (best_of_n_values), what the frontier compares a policy with prompt by prompt; with `texts` (the
-    samples, prompt-major) also one actual pick, the proxy-argmax of the prompt's first n samples (a
-    random n-subset: the samples are independent draws), for the sample tables."""
+                     texts: list[str] | None = None, quality: dict[str, np.ndarray] | None = None) -> pd.DataFrame:
+    """Per prompt and n = 1, 2, 4, ..., max_n: the expected gold (and held-out gold, and each `quality`
+    measure) of best-of-n's pick (best_of_n_values), what the frontier compares a policy with prompt by
+    prompt; with `texts` (the samples, prompt-major) also one actual pick, the proxy-argmax of the prompt's
+    first n samples (a random n-subset: the samples are independent draws), for the sample tables."""
     prompts, N = proxy.shape
     frames = []
     for n in powers_of_two(max_n):
         frame = {"prompt": np.arange(prompts), "n": n, "kl": analytic_kl(n), "gold": best_of_n_values(proxy, gold, n)}
         if heldout_gold is not None:
             frame["heldout_gold"] = best_of_n_values(proxy, heldout_gold, n)
+        for name, values in (quality or {}).items():
+            frame[name] = best_of_n_values(proxy, values, n)
         if texts is not None:
             pick = np.arange(prompts) * N + proxy[:, :n].argmax(axis=1)  # first maximum: the same tie rule
             frame.update(pick_text=[texts[i] for i in pick], pick_gold=gold.ravel()[pick])
@@ -153,18 +156,27 @@ def bootstrap_mean_se(values: np.ndarray, draws: int = 2000, seed: int = 0) -> f
     return bootstrap_se(lambda rows, idx: values[np.ix_(rows, idx)].mean(), *values.shape, draws=draws, seed=seed)
 
 
+# What a policy is compared with best-of-n on: column -> (best-of-n's change at the policy's KL, the
+# policy's change minus it). The golds' changes are gains; text quality's (eval.text_quality) are changes
+# of a share, e.g. repeated_words: +0.01 = one word in a hundred more repeats than best-of-n's picks.
+COMPARED = {"gold": ("best_of_n_gold_gain_at_kl", "gain_over_best_of_n"),
+            "heldout_gold": ("best_of_n_heldout_gold_gain_at_kl", "heldout_gain_over_best_of_n"),
+            **{q: (f"best_of_n_{q}_change_at_kl", f"{q}_change_over_best_of_n") for q in QUALITY}}
+
+
 def against_best_of_n(kl: float | np.ndarray, policy: dict[str, np.ndarray], curves: dict[str, pd.DataFrame],
                       ) -> dict[str, float | int | str | bool | None]:
-    """The policy's gold gain minus best-of-n's at the policy's KL, for each gold the two share, each gain
-    against the reference's mean on its own prompt. `policy`: gold name -> each report prompt's mean
-    score over the policy's samples, (seeds, prompts), and `kl` each seed's KL (one number: one seed);
-    `curves`: name -> per_prompt_curve of the report set, the most precise first, the first on every
-    prompt (its n = 1 is the reference the policy's gain is measured from). The first curve whose measured
-    KL reaches every seed's is used (`best_of_n_curve`), per prompt linear in KL between the measured n.
-    The policy's gain is averaged over every report prompt, best-of-n's over the prompts its curve has (the
-    deep curve: the first few); the error is one bootstrap over the report prompts for both (so the
-    prompts they share count once) and over the seeds. Past the end of every measured curve there is no
-    comparison (None): `best_of_n_max_kl` says how far it went, and nothing is extrapolated."""
+    """The policy's change minus best-of-n's at the policy's KL, for each COMPARED column the two share
+    (both golds; text quality), each change against the reference's mean on its own prompt. `policy`:
+    column -> each report prompt's mean over the policy's samples, (seeds, prompts), and `kl` each seed's
+    KL (one number: one seed); `curves`: name -> per_prompt_curve of the report set, the most precise
+    first, the first on every prompt (its n = 1 is the reference the policy's change is measured from).
+    The first curve whose measured KL reaches every seed's is used (`best_of_n_curve`), per prompt linear
+    in KL between the measured n. The policy's change is averaged over every report prompt, best-of-n's
+    over the prompts its curve has (the deep curve: the first few); the error is one bootstrap over the
+    report prompts for both (so the prompts they share count once) and over the seeds. Past the end of
+    every measured curve there is no comparison (None): `best_of_n_max_kl` says how far it went, and
+    nothing is extrapolated."""
     kls = np.atleast_1d(np.asarray(kl, dtype=np.float64))
     reach = max(float(curve["kl"].max()) for curve in curves.values())
     name = next((name for name, curve in curves.items() if kls.max() <= curve["kl"].max()), None)
@@ -172,27 +184,27 @@ def against_best_of_n(kl: float | np.ndarray, policy: dict[str, np.ndarray], cur
         "best_of_n_max_kl": reach, "beyond_best_of_n_curve": name is None, "best_of_n_curve": name,
         "best_of_n_prompts": None if name is None else int(curves[name]["prompt"].nunique())}
     first = next(iter(curves.values()))
-    for column, prefix in (("gold", ""), ("heldout_gold", "heldout_")):
+    for column, (at_key, over_key) in COMPARED.items():
         if column not in policy or any(column not in curve for curve in curves.values()):
             continue
-        keys = (f"best_of_n_{column}_gain_at_kl", f"{prefix}gain_over_best_of_n", f"{prefix}gain_over_best_of_n_se")
+        keys = (at_key, over_key, f"{over_key}_se")
         out.update(dict.fromkeys(keys))
         if name is None:
             continue
         reference = first[first["n"] == 1].set_index("prompt")[column].sort_index().to_numpy()
-        gain = policy[column] - reference  # (seeds, prompts)
+        change = policy[column] - reference  # (seeds, prompts)
         table = curves[name].pivot(index="prompt", columns="n", values=column)  # (curve prompts, n)
         measured = curves[name].groupby("n")["kl"].first().loc[table.columns].to_numpy()
         at = np.array([[np.interp(k, measured, row) for row in table.to_numpy()] for k in kls])
-        bo_gain = at - table[1].to_numpy()  # (seeds, curve prompts)
+        bo_change = at - table[1].to_numpy()  # (seeds, curve prompts)
         column_of = np.full(len(reference), -1)
         column_of[table.index.to_numpy()] = np.arange(len(table))
 
         def difference(rows: np.ndarray, idx: np.ndarray) -> float:
             kept = column_of[idx][column_of[idx] >= 0]
-            return gain[np.ix_(rows, idx)].mean() - (bo_gain[np.ix_(rows, kept)].mean() if len(kept) else np.nan)
+            return change[np.ix_(rows, idx)].mean() - (bo_change[np.ix_(rows, kept)].mean() if len(kept) else np.nan)
 
         every = np.arange(len(kls)), np.arange(len(reference))
-        out.update(zip(keys, (float(bo_gain.mean()), float(difference(*every)),
+        out.update(zip(keys, (float(bo_change.mean()), float(difference(*every)),
                               bootstrap_se(difference, len(kls), len(reference)))))
     return out

@@ -19,8 +19,8 @@ import torch
 from datasets import Dataset
 
 from tinygpt.core.modes import eval_mode
-from tinygpt.data.tokenizer import EOT_ID, decode
-from tinygpt.eval.text_quality import quality
+from tinygpt.data.tokenizer import decode
+from tinygpt.eval.text_quality import quality_values
 from tinygpt.model.gpt import GPT
 from tinygpt.rlhf.heldout import scored_rollouts
 from tinygpt.rlhf.preferences import PAIR_FEATURES
@@ -62,20 +62,14 @@ def reward_ranked_pairs(
     and ranked by their reward-model scores less `repetition_penalty` times their repeated-word share
     (see the module)."""
     prompts = torch.as_tensor(prompt_ids, device=next(model.parameters()).device)
-    ids, rewards = [], []
+    ids, texts, rewards = [], [], []
     with eval_mode(model):
         for rollout, reward in scored_rollouts(model, reward_model, prompts, samples, max_new_tokens, temperature,
                                                seed, precision, batch_size):
             rewards.append(reward)
             ids += rollout.response_ids()
+            texts += rollout.texts()
     scores = torch.cat(rewards).numpy()
-    if repetition_penalty > 0:
-        scores = scores - repetition_penalty * repetition(ids)
+    if repetition_penalty > 0:  # repeated_words needs no vocabulary: `known` only matters for unseen_words
+        scores = scores - repetition_penalty * quality_values(texts, frozenset())["repeated_words"]
     return ranked_pairs(prompt_ids, ids, scores.reshape(len(prompt_ids), samples), pairs_per_prompt)
-
-
-def repetition(ids: list[list[int]]) -> np.ndarray:
-    """Each continuation's repeated-word share (text quality's repeated_words), its end-of-text left out (as
-    Rollout.texts does)."""
-    texts = (decode([i for i in row if i != EOT_ID]) for row in ids)
-    return np.asarray([quality(text, frozenset())["repeated_words"] for text in texts])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 
 from tinygpt.core import figures, io
 from tinygpt.core.figures import write_figure
 from tinygpt.eval.text_quality import QUALITY
 from tinygpt.pipeline import paths
+from tinygpt.rlhf.best_of_n import COMPARED
 
 
 def write_outputs(
@@ -30,7 +30,7 @@ def write_outputs(
         report = table[table["set"] == "report"].sort_values("step")
         points.append(report.assign(method=method)[["method", "step", *values]])
     io.write_text(paths.FRONTIER_POINTS_CSV, pd.concat(points).to_csv(index=False, float_format="%.6g"))
-    io.write_text(paths.FRONTIER_TABLE_MD, reported_markdown(reported, curves, runs, golds)
+    io.write_text(paths.FRONTIER_TABLE_MD, reported_markdown(reported, runs, golds)
                   + frontier_markdown(curves, runs, soft))
 
 
@@ -117,30 +117,31 @@ def frontier_markdown(
     return "\n".join(parts) + "\n"
 
 
-def reported_markdown(reported: dict[str, dict], curves: dict[str, pd.DataFrame],
-                      runs: dict[str, tuple[pd.DataFrame, int]], golds: Golds) -> str:
-    """Each method's reported point against best-of-n at its KL (best_of_n.against_best_of_n: gains against
-    the reference's mean per prompt, bootstrap errors over the report prompts), and both sides' text quality."""
+def reported_markdown(reported: dict[str, dict], runs: dict[str, tuple[pd.DataFrame, int]], golds: Golds) -> str:
+    """Each method's reported point against best-of-n at its KL (best_of_n.against_best_of_n: changes against
+    the reference's mean per prompt, bootstrap errors over the report prompts): both golds, then the text
+    quality, each as the policy's change minus best-of-n's."""
     rows = []
     for method, m in reported.items():
         table, selected = runs[method]
         point = table[(table["set"] == "report") & (table["step"] == selected)].iloc[0]
-        curve = curves.get(m["best_of_n_curve"])
         row = {"method": method, "step": selected, "KL": m["kl"], "best-of-n curve": m["best_of_n_curve"] or "none",
                "prompts": m["best_of_n_prompts"]}
-        for prefix, name in (("", golds.oracle), ("heldout_", golds.heldout)):
-            gap = m.get(f"{prefix}gain_over_best_of_n")
-            if name is not None and f"{prefix}gain_over_best_of_n" in m:
-                row[f"− best-of-n, {name}"] = ("not measured that far" if gap is None else
-                                               f"{gap:+.3f} ± {m[f'{prefix}gain_over_best_of_n_se']:.3f}")
-        for q in QUALITY:
-            if q in point and curve is not None and q in curve:
-                row[f"{q}: policy / best-of-n"] = f"{point[q]:.3f} / {np.interp(m['kl'], curve['kl'], curve[q]):.3f}"
+        names = {"gold": golds.oracle, "heldout_gold": golds.heldout, **{q: q for q in QUALITY}}
+        for column, (_, over_key) in COMPARED.items():
+            if names[column] is not None and over_key in m:
+                gap = m[over_key]
+                row[f"− best-of-n, {names[column]}"] = ("not measured that far" if gap is None else
+                                                        f"{gap:+.3f} ± {m[f'{over_key}_se']:.3f}")
+        row.update({f"{q} (policy)": point[q] for q in QUALITY if q in point})
         rows.append(row)
     return ("# The reported points against best-of-n at the same KL (report set)\n\n"
-            "The policy's gain (every report prompt) minus best-of-n's at the policy's KL (the prompts its curve "
-            "has), each against the reference's mean on the same prompt; ± a bootstrap over the report prompts. "
-            "Best-of-n's text quality at the policy's KL: linear between the measured n.\n\n"
+            "The policy's change (every report prompt) minus best-of-n's at the policy's KL (the prompts its curve "
+            "has, linear in KL between the measured n), each against the reference's mean on the same prompt; ± a "
+            "bootstrap over the report prompts. Golds: above 0, the policy gains more than reranking at the same "
+            "KL. Text quality: above 0 on repeated_words (or unseen_words), the policy repeats (or invents) "
+            "more words than best-of-n's picks; below 0 on distinct_2, it repeats more word pairs. "
+            "The policy's own quality (every report prompt) closes the row.\n\n"
             + pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3f") + "\n\n")
 
 
